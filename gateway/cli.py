@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 #: Modules that provide sub-commands, in the order ``brug --help`` lists them.
 COMMAND_MODULES: list[str] = [
+    "brug.gateway.profiles_cli",
 ]
 
 
