@@ -114,7 +114,10 @@ SQUELCH_TYPES: dict[str, SquelchFactory] = {"none": NeverSquelch, "open": OpenSq
 ENGINE_SQUELCH_TYPES = ("vox",)
 
 #: Modules that register further drivers when imported (serial lines, CM108, TETRA PEI, ...).
-DRIVER_MODULES: list[str] = []
+DRIVER_MODULES: list[str] = [
+    "brug.gateway.drivers.serial_lines",
+    "brug.gateway.drivers.cm108",
+]
 _loaded = False
 
 
