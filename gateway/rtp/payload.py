@@ -1,0 +1,131 @@
+"""RTP payload formats: name -> clock rate, static payload type, frame encoder/decoder.
+
+Uses the codec registry of :mod:`brug.codecs` when it provides ``get_encoder``/``get_decoder``
+for the payload; otherwise a small local adapter: G.711 A-law/u-law in numpy (the ITU-T G.711
+segment algorithm) and Opus through ``opuslib`` (RFC 7587: 48 kHz RTP clock).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+Pcm = npt.NDArray[np.float32]
+
+
+class FrameCodec(Protocol):
+    def encode(self, pcm: Pcm) -> bytes: ...
+    def decode(self, data: bytes) -> Pcm: ...
+
+
+@dataclass(frozen=True)
+class PayloadFormat:
+    name: str
+    clock_rate: int        # RTP timestamp clock (Hz)
+    audio_rate: int        # PCM rate of the codec (Hz)
+    static_pt: int | None  # None: dynamic, the site file must agree with the peer (default 96)
+
+
+FORMATS = {
+    "pcma": PayloadFormat("pcma", 8000, 8000, 8),
+    "pcmu": PayloadFormat("pcmu", 8000, 8000, 0),
+    "l16": PayloadFormat("l16", 16000, 16000, None),
+    "opus": PayloadFormat("opus", 48000, 48000, None),
+}
+
+_SEG_END = np.array([0xFF, 0x1FF, 0x3FF, 0x7FF, 0xFFF, 0x1FFF, 0x3FFF, 0x7FFF], np.int32)
+
+
+def _to_int16(x: Pcm) -> npt.NDArray[np.int32]:
+    return np.clip(np.round(x * 32768.0), -32768, 32767).astype(np.int32)
+
+
+def alaw_encode(x: Pcm) -> bytes:
+    v = _to_int16(x) >> 3
+    mask = np.where(v >= 0, 0xD5, 0x55)
+    v = np.where(v >= 0, v, -v - 1)
+    seg = np.searchsorted(_SEG_END >> 3, v)
+    aval = np.where(seg >= 8, 0x7F,
+                    (np.minimum(seg, 7) << 4)
+                    | ((v >> np.where(seg < 2, 1, seg)) & 0xF))
+    return ((aval ^ mask) & 0xFF).astype(np.uint8).tobytes()
+
+
+def alaw_decode(b: bytes) -> Pcm:
+    a = np.frombuffer(b, np.uint8).astype(np.int32) ^ 0x55
+    t = (a & 0x0F) << 4
+    seg = (a & 0x70) >> 4
+    t = np.where(seg == 0, t + 8,
+                 np.where(seg == 1, t + 0x108, (t + 0x108) << np.maximum(seg - 1, 0)))
+    t = np.where(a & 0x80, t, -t)
+    return (t / 32768.0).astype(np.float32)
+
+
+def ulaw_encode(x: Pcm) -> bytes:
+    v = _to_int16(x) >> 2
+    mask = np.where(v < 0, 0x7F, 0xFF)
+    v = np.minimum(np.abs(v), 8159) + 0x21
+    seg = np.searchsorted(_SEG_END >> 2, v)
+    s7 = np.minimum(seg, 7)
+    uval = np.where(seg >= 8, 0x7F, (s7 << 4) | ((v >> (s7 + 1)) & 0xF))
+    return ((uval ^ mask) & 0xFF).astype(np.uint8).tobytes()
+
+
+def ulaw_decode(b: bytes) -> Pcm:
+    u = ~np.frombuffer(b, np.uint8).astype(np.int32) & 0xFF
+    t = (((u & 0x0F) << 3) + 0x84) << ((u & 0x70) >> 4)
+    t = np.where(u & 0x80, 0x84 - t, t - 0x84)
+    return (t / 32768.0).astype(np.float32)
+
+
+class _G711:
+    def __init__(self, law: str) -> None:
+        self._enc = alaw_encode if law == "pcma" else ulaw_encode
+        self._dec = alaw_decode if law == "pcma" else ulaw_decode
+
+    def encode(self, pcm: Pcm) -> bytes:
+        return self._enc(pcm)
+
+    def decode(self, data: bytes) -> Pcm:
+        return self._dec(data)
+
+
+class _L16:
+    def encode(self, pcm: Pcm) -> bytes:
+        return _to_int16(pcm).astype(">i2").tobytes()
+
+    def decode(self, data: bytes) -> Pcm:
+        return (np.frombuffer(data[:len(data) & ~1], ">i2") / 32768.0).astype(np.float32)
+
+
+class _Opus:
+    def __init__(self, frame_samples: int, bitrate: int = 32000) -> None:
+        import opuslib
+
+        self._frame = frame_samples
+        self._enc = opuslib.Encoder(48000, 1, opuslib.APPLICATION_VOIP)
+        self._enc.bitrate = bitrate
+        self._dec = opuslib.Decoder(48000, 1)
+
+    def encode(self, pcm: Pcm) -> bytes:
+        return bytes(self._enc.encode_float(np.ascontiguousarray(pcm, np.float32).tobytes(),
+                                            len(pcm)))
+
+    def decode(self, data: bytes) -> Pcm:
+        out = self._dec.decode_float(data, 5760)
+        return np.frombuffer(out, np.float32).copy()
+
+
+def make_codec(name: str, frame_samples: int, **params: object) -> FrameCodec:
+    """Frame codec for payload ``name``; ``frame_samples`` at the codec's audio rate."""
+    if name in ("pcma", "pcmu"):
+        return _G711(name)
+    if name == "l16":
+        return _L16()
+    if name == "opus":
+        br = params.get("bitrate", 32000)
+        return _Opus(frame_samples, int(br) if isinstance(br, (int, float, str)) else 32000)
+    raise ValueError(f"payload {name!r} is not one of: {', '.join(sorted(FORMATS))}")
