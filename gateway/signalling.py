@@ -175,3 +175,27 @@ def make_squelch(type_: str, **params: Any) -> LineSquelch:
         raise SignallingConfigError(
             f"squelch.type={type_!r} is not one of: {', '.join(squelch_types())}") from None
     return factory(**params)
+
+
+class ScheduledSquelch(LineSquelch):
+    """COR from a schedule of ``(open_t, close_t)`` intervals in engine samples.
+
+    Used by drills and the bench to stand in for a terminal whose COR line (or call-state
+    report) follows known key-ups, and by tests that need a COR line opening at an exact time.
+    """
+
+    def __init__(self, intervals: list[tuple[int, int]] | None = None, info: str = "line",
+                 **_: Any) -> None:
+        self.intervals = sorted(intervals or [])
+        self.info = info
+        self._i = 0
+
+    def state(self, t: int) -> tuple[bool, str]:
+        iv = self.intervals
+        while self._i < len(iv) and iv[self._i][1] <= t:
+            self._i += 1
+        is_open = self._i < len(iv) and iv[self._i][0] <= t < iv[self._i][1]
+        return is_open, self.info
+
+
+SQUELCH_TYPES["schedule"] = ScheduledSquelch

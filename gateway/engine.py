@@ -1,0 +1,852 @@
+"""The engine: a block clock that moves audio between all ports at once.
+
+One tick moves one block (default 5 ms at 16 kHz, 80 samples) for every port, as 2-D arrays
+(ports x samples): pull, detect, floor, route, push, taps. Time is :attr:`Engine.t`, engine
+samples since start; the engine never reads the wall clock, so the same code runs on a virtual
+clock (:meth:`Engine.run_offline`, as fast as the CPU allows) and on a real-time clock
+(:meth:`Engine.run_realtime`, sound cards).
+
+Routing keeps a history ring of every port's receive audio. Each keyed destination plays its
+source(s) through its own read pointer, which starts ``preroll_ms`` before the COR decision (so
+audio that arrived before VOX or the COR line opened is forwarded: no lost first syllable),
+stands still while the destination's terminal sets up its call (PTT lead, or until the PTT
+driver reports the grant), and then catches up by skipping silent blocks later in the over.
+At the end of an over the destination drains what it still owes, holds PTT for its hang time,
+and unkeys.
+
+Threading: only the thread that runs the engine calls its methods; every other thread goes
+through :meth:`Engine.submit`, whose commands are applied between ticks, so a patch change
+never tears a block and the audio path needs no locks.
+"""
+
+from __future__ import annotations
+
+import math
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import numpy as np
+import numpy.typing as npt
+from brug.gateway.events import Event, EventBus
+from brug.gateway.ports.base import Port
+from brug.gateway.signalling import LineSquelch, NoPtt, Ptt
+from brug.gateway.vox import VoxBank
+from brug.talkgroups.floor import Floor, FloorChange, FloorError, Mode
+
+T = TypeVar("T")
+Array = npt.NDArray[np.float32]
+Tap = Callable[[int, Array, Array], None]
+
+
+class EngineError(Exception):
+    """A command the engine refuses; ``code`` is stable for scripts and the control plane."""
+
+    user_error = True
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Engine settings.
+
+    Parameters
+    ----------
+    rate_hz:
+        Engine sample rate, Hz.
+    block_ms:
+        Tick length, ms (block = rate_hz * block_ms / 1000 samples).
+    preroll_ms:
+        Receive audio kept before a COR decision and forwarded with the over, ms.
+    history_s:
+        Length of the receive history ring, s (bounds pre-roll + PTT lead + backlog).
+    catchup_dbfs:
+        A block whose RMS is below this level may be skipped to absorb the start-of-over
+        delay (pre-roll and PTT lead), dBFS.
+    catchup_max_blocks:
+        At most this many silent blocks are skipped per tick.
+    manual_key_limit_s:
+        Longest manual test transmission, s.
+    """
+
+    rate_hz: int = 16000
+    block_ms: float = 5.0
+    preroll_ms: float = 150.0
+    history_s: float = 4.0
+    catchup_dbfs: float = -50.0
+    catchup_max_blocks: int = 4
+    manual_key_limit_s: float = 30.0
+
+    @property
+    def block(self) -> int:
+        return int(round(self.rate_hz * self.block_ms / 1000.0))
+
+    def ms(self, ms: float) -> int:
+        """Milliseconds to engine samples."""
+        return int(round(ms * self.rate_hz / 1000.0))
+
+
+@dataclass(frozen=True)
+class SquelchSettings:
+    """How a port decides it is receiving. ``type`` ``vox`` runs in the engine; others name a
+    :class:`~brug.gateway.signalling.LineSquelch` driver. Levels in dBFS, times in ms."""
+
+    type: str = "vox"
+    open_dbfs: float = -40.0
+    close_dbfs: float = -46.0
+    attack_ms: float = 10.0
+    hang_ms: float = 300.0
+    #: Ignore COR while the gateway transmits on the port (and for ``ptt.guard_ms`` after),
+    #: so a half-duplex radio never loops our own audio back. Off for drivers whose COR is
+    #: call-control information (TETRA PEI): a network pre-emption must be seen.
+    mask_while_tx: bool = True
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PttSettings:
+    """How and when a port is keyed. Times in ms (``tot_s`` in s; 0 disables the TOT).
+
+    ``lead_ms`` is the time between keying and the terminal really transmitting (group call
+    set-up); audio is held back, not lost, meanwhile. Drivers that report the grant
+    (TETRA PEI ``+CTXG``) release audio at the grant instead, waiting at most
+    ``grant_timeout_ms``. ``hang_ms`` keeps PTT after the last audio; ``guard_ms`` keeps
+    ignoring the port's COR after unkeying (no loops through half-duplex radios).
+    """
+
+    type: str = "none"
+    lead_ms: float = 0.0
+    hang_ms: float = 200.0
+    tot_s: float = 120.0
+    guard_ms: float = 200.0
+    grant_timeout_ms: float = 3000.0
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PortSettings:
+    """Everything the engine needs to know about a port (profiles and the site file fill it)."""
+
+    name: str
+    network: str = ""
+    talkgroup: str = ""
+    squelch: SquelchSettings = field(default_factory=SquelchSettings)
+    ptt: PttSettings = field(default_factory=PttSettings)
+    rx_gain_db: float = 0.0
+    tx_gain_db: float = 0.0
+    profile: str | None = None
+    kind: str = "soundcard"
+
+
+@dataclass
+class _Port:
+    settings: PortSettings
+    port: Port
+    squelch: LineSquelch | None
+    ptt: Ptt
+    # receive side
+    cor: bool = False
+    cor_since: int = 0
+    cor_closed: int = 0
+    cor_info: str = ""
+    # transmit side
+    keyed: bool = False
+    key_t: int = 0
+    live: bool = False
+    srcs: tuple[str, ...] = ()
+    r: int = 0
+    end_t: int | None = None
+    hang_until: int | None = None
+    unkey_t: int = -(10**12)
+    manual_until: int | None = None
+    manual_tone: float | None = None
+    patch: str | None = None
+    rx_gain: float = 1.0
+    tx_gain: float = 1.0
+    rx_mute: bool = False
+    tx_mute: bool = False
+    tx_level_db: float = -120.0
+    overs: int = 0
+    skipped: int = 0
+    dropped: int = 0
+
+    @property
+    def name(self) -> str:
+        return self.settings.name
+
+
+def _db_to_gain(db: float) -> float:
+    return float(10.0 ** (db / 20.0))
+
+
+class Engine:
+    """The block engine. See the module docstring and docs/engine.md."""
+
+    def __init__(self, config: EngineConfig | None = None, events: EventBus | None = None) -> None:
+        self.config = cfg = config or EngineConfig()
+        if cfg.block <= 0:
+            raise EngineError("bad_request", f"block of {cfg.block_ms} ms is empty")
+        self.rate = cfg.rate_hz
+        self.block = cfg.block
+        self.events = events or EventBus()
+        self.t = 0
+        self.ticks = 0
+        self.running = False
+        self._started = False
+        self._ports: dict[str, _Port] = {}
+        self._order: list[str] = []
+        self._patches: dict[str, Floor] = {}
+        self._taps: list[Tap] = []
+        self._pending: list[Event] = []
+        self._commands: queue.SimpleQueue[tuple[Callable[[Engine], Any], Future[Any]]] = (
+            queue.SimpleQueue())
+        hist = max(1, int(math.ceil(cfg.history_s * cfg.rate_hz)))
+        self._L = 1 << (hist - 1).bit_length()
+        self._vox = VoxBank(cfg.rate_hz, 0)
+        self._preroll = cfg.ms(cfg.preroll_ms)
+        self._catchup_ms2 = float(10.0 ** (cfg.catchup_dbfs / 10.0))
+        self._tone_phase = 0.0
+        self._alloc(0)
+        from brug.codecs.limiter import Limiter
+
+        self._limiter_cls = Limiter
+        self._limiter = Limiter(cfg.rate_hz, 0)
+        self.late_ticks = 0
+
+    # ------------------------------------------------------------------ arrays
+    def _alloc(self, n: int) -> None:
+        old_h = getattr(self, "_H", None)
+        self._X: Array = np.zeros((n, self.block), np.float32)
+        self._Y: Array = np.zeros((n, self.block), np.float32)
+        H = np.zeros((n, 2 * self._L), np.float32)
+        if old_h is not None:
+            k = min(n, old_h.shape[0])
+            H[:k] = old_h[:k]
+        self._H: Array = H
+        self._rx_gain = np.ones((n, 1), np.float32)
+
+    def _rebuild(self) -> None:
+        """Re-derive per-row arrays after ports were added or removed."""
+        self._limiter = self._limiter_cls(self.rate, len(self._order))
+        for i, name in enumerate(self._order):
+            p = self._ports[name]
+            self._rx_gain[i, 0] = 0.0 if p.rx_mute else p.rx_gain
+
+    @property
+    def port_names(self) -> list[str]:
+        """Port names in row order of the 2-D arrays taps receive."""
+        return list(self._order)
+
+    # ------------------------------------------------------------------ commands
+    def submit(self, fn: Callable[[Engine], T]) -> Future[T]:
+        """Run ``fn(engine)`` between ticks; thread-safe. Returns a future with its result.
+
+        When the engine is not ticking (not started, or driven offline by the caller between
+        calls) the command waits for the next tick; use :meth:`apply_commands` to run pending
+        commands without ticking.
+        """
+        fut: Future[T] = Future()
+        self._commands.put((fn, fut))
+        return fut
+
+    def apply_commands(self) -> None:
+        """Apply commands queued by :meth:`submit` (called at the start of every tick)."""
+        while True:
+            try:
+                fn, fut = self._commands.get_nowait()
+            except queue.Empty:
+                return
+            if not fut.set_running_or_notify_cancel():
+                continue
+            try:
+                fut.set_result(fn(self))
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller
+                fut.set_exception(exc)
+
+    def _emit(self, topic: str, data: dict[str, Any] | None = None, info: str = "",
+              t: int | None = None) -> None:
+        self._pending.append(Event(self.t if t is None else t, topic, data or {}, info))
+
+    def _get(self, name: str) -> _Port:
+        try:
+            return self._ports[name]
+        except KeyError:
+            raise EngineError("unknown_port", f"no port named {name!r}; ports: "
+                              f"{', '.join(self._order) or '(none)'}") from None
+
+    def _get_patch(self, name: str) -> Floor:
+        try:
+            return self._patches[name]
+        except KeyError:
+            raise EngineError("unknown_patch", f"no patch named {name!r}; patches: "
+                              f"{', '.join(self._patches) or '(none)'}") from None
+
+    def add_port(self, port: Port, settings: PortSettings, squelch: LineSquelch | None = None,
+                 ptt: Ptt | None = None) -> None:
+        """Add a port. If the engine has started, the port (and its drivers) start now."""
+        if settings.name in self._ports:
+            raise EngineError("conflict", f"port {settings.name!r} exists already")
+        if port.name != settings.name:
+            raise EngineError("bad_request", f"port object is named {port.name!r}, settings "
+                              f"name it {settings.name!r}")
+        p = _Port(settings, port, squelch, ptt or NoPtt())
+        self._apply_settings(p)
+        self._ports[settings.name] = p
+        self._order.append(settings.name)
+        self._vox.resize(len(self._order))
+        self._configure_vox(len(self._order) - 1, settings)
+        self._alloc(len(self._order))
+        self._rebuild()
+        if self._started:
+            self._start_port(p)
+        self._emit(f"config.port.{settings.name}", {"action": "add"}, "port added")
+
+    def _apply_settings(self, p: _Port) -> None:
+        p.rx_gain = _db_to_gain(p.settings.rx_gain_db)
+        p.tx_gain = _db_to_gain(p.settings.tx_gain_db)
+
+    def _configure_vox(self, i: int, s: PortSettings) -> None:
+        sq = s.squelch
+        self._vox.configure(i, open_dbfs=sq.open_dbfs, close_dbfs=sq.close_dbfs,
+                            attack_ms=sq.attack_ms, hang_ms=sq.hang_ms,
+                            enabled=sq.type == "vox")
+
+    def _start_port(self, p: _Port) -> None:
+        p.port.start(self.rate, self.block)
+        p.ptt.open()
+        if p.squelch is not None:
+            p.squelch.open()
+
+    def replace_port(self, name: str, port: Port, settings: PortSettings,
+                     squelch: LineSquelch | None = None, ptt: Ptt | None = None,
+                     start: bool = True) -> Port:
+        """Swap the device and settings of port ``name``; patches and other ports are untouched.
+
+        Start the new ``port`` before submitting (``start=False``) so the engine thread does
+        not wait for a device to open. Returns the old port object; the caller stops it.
+        """
+        old = self._get(name)
+        if settings.name != name or port.name != name:
+            raise EngineError("bad_request", "replacement must keep the port name")
+        if old.keyed:
+            old.ptt.set_tx(False)
+            self._emit(f"port.{name}.ptt", {"on": False}, "port replaced")
+        old.ptt.close()
+        if old.squelch is not None:
+            old.squelch.close()
+        p = _Port(settings, port, squelch, ptt or NoPtt(), patch=old.patch,
+                  rx_mute=old.rx_mute, tx_mute=old.tx_mute, overs=old.overs)
+        self._apply_settings(p)
+        self._ports[name] = p
+        i = self._order.index(name)
+        self._configure_vox(i, settings)
+        if self._started:
+            if start:
+                port.start(self.rate, self.block)
+            p.ptt.open()
+            if p.squelch is not None:
+                p.squelch.open()
+        self._rebuild()
+        self._emit(f"config.port.{name}", {"action": "replace", "profile": settings.profile},
+                   "port replaced")
+        return old.port
+
+    def remove_port(self, name: str) -> Port:
+        """Remove a port (from its patch too); returns the port object, stopped."""
+        p = self._get(name)
+        if p.patch:
+            self.remove_member(p.patch, name, _force=True)
+        if p.keyed:
+            p.ptt.set_tx(False)
+        p.ptt.close()
+        if p.squelch is not None:
+            p.squelch.close()
+        i = self._order.index(name)
+        self._order.pop(i)
+        del self._ports[name]
+        self._vox.delete(i)
+        H = np.delete(self._H, i, axis=0)
+        self._H = None  # type: ignore[assignment]
+        self._alloc(len(self._order))
+        self._H[:] = H
+        self._rebuild()
+        p.port.stop()
+        self._emit(f"config.port.{name}", {"action": "remove"}, "port removed")
+        return p.port
+
+    def create_patch(self, name: str, members: Iterable[str], mode: str = "half_duplex",
+                     priorities: Mapping[str, int] | None = None) -> None:
+        """Join ``members`` (2..N port names, each in at most one patch) into patch ``name``."""
+        members = list(members)
+        if name in self._patches:
+            raise EngineError("conflict", f"patch {name!r} exists already")
+        try:
+            m = Mode(mode)
+        except ValueError:
+            raise EngineError("bad_request", f"mode={mode!r} is not one of: "
+                              f"{', '.join(x.value for x in Mode)}") from None
+        for port in members:
+            p = self._get(port)
+            if p.patch is not None:
+                raise EngineError("conflict", f"port {port!r} is already in patch {p.patch!r}")
+        prio = dict(priorities or {})
+        for port in prio:
+            if port not in members:
+                raise EngineError("bad_request", f"priority for {port!r}, not a member")
+        try:
+            floor = Floor(name, members, m, prio, self._tot_map(members))
+        except FloorError as exc:
+            raise EngineError("bad_request", str(exc)) from None
+        self._patches[name] = floor
+        for port in members:
+            self._ports[port].patch = name
+        self._emit(f"config.patch.{name}", {"action": "create", "members": members,
+                                            "mode": m.value, "priorities": prio},
+                   "patch created")
+
+    def _tot_map(self, members: Iterable[str]) -> dict[str, int]:
+        return {p: int(round(self._ports[p].settings.ptt.tot_s * self.rate)) for p in members}
+
+    def delete_patch(self, name: str) -> None:
+        """Delete a patch; its keyed members drain and unkey as at the end of an over."""
+        floor = self._get_patch(name)
+        for port in floor.members:
+            self._ports[port].patch = None
+        del self._patches[name]
+        self._emit(f"config.patch.{name}", {"action": "delete"}, "patch deleted")
+
+    def add_member(self, patch: str, port: str, priority: int | None = None) -> None:
+        floor = self._get_patch(patch)
+        p = self._get(port)
+        if p.patch is not None:
+            raise EngineError("conflict", f"port {port!r} is already in patch {p.patch!r}")
+        floor.members.append(port)
+        floor.tot_samples.update(self._tot_map([port]))
+        if priority is not None:
+            floor.priorities[port] = priority
+        p.patch = patch
+        self._emit(f"config.patch.{patch}", {"action": "add_member", "port": port},
+                   "member added")
+
+    def remove_member(self, patch: str, port: str, _force: bool = False) -> None:
+        floor = self._get_patch(patch)
+        if port not in floor.members:
+            raise EngineError("bad_request", f"{port!r} is not a member of {patch!r}")
+        if len(floor.members) <= 2 and not _force:
+            raise EngineError("conflict", f"patch {patch!r} would have fewer than 2 members; "
+                              "delete the patch instead")
+        for ch in floor.remove_member(port):
+            self._emit_floor(floor, ch)
+        floor.priorities.pop(port, None)
+        self._ports[port].patch = None
+        if len(floor.members) < 2:
+            self.delete_patch(patch)
+        self._emit(f"config.patch.{patch}", {"action": "remove_member", "port": port},
+                   "member removed")
+
+    def set_patch_mode(self, patch: str, mode: str) -> None:
+        floor = self._get_patch(patch)
+        try:
+            floor.mode = Mode(mode)
+        except ValueError:
+            raise EngineError("bad_request", f"mode={mode!r} is not one of: "
+                              f"{', '.join(x.value for x in Mode)}") from None
+        self._emit(f"config.patch.{patch}", {"action": "mode", "mode": floor.mode.value})
+
+    def set_priority(self, patch: str, port: str, priority: int) -> None:
+        floor = self._get_patch(patch)
+        if port not in floor.members:
+            raise EngineError("bad_request", f"{port!r} is not a member of {patch!r}")
+        floor.priorities[port] = int(priority)
+        self._emit(f"config.patch.{patch}", {"action": "priority", "port": port,
+                                             "priority": int(priority)})
+
+    def set_gain(self, port: str, rx_db: float | None = None, tx_db: float | None = None) -> None:
+        """Set receive and/or transmit gain of ``port`` in dB (-60..+30)."""
+        p = self._get(port)
+        for v in (rx_db, tx_db):
+            if v is not None and not -60.0 <= v <= 30.0:
+                raise EngineError("bad_request", f"gain {v} dB outside -60..+30 dB")
+        if rx_db is not None:
+            p.rx_gain = _db_to_gain(rx_db)
+        if tx_db is not None:
+            p.tx_gain = _db_to_gain(tx_db)
+        self._rebuild()
+        self._emit(f"config.port.{port}", {"action": "gain", "rx_db": rx_db, "tx_db": tx_db})
+
+    def set_mute(self, port: str, rx: bool | None = None, tx: bool | None = None) -> None:
+        """Mute what ``port`` receives (not forwarded, COR still seen) and/or transmits."""
+        p = self._get(port)
+        if rx is not None:
+            p.rx_mute = bool(rx)
+        if tx is not None:
+            p.tx_mute = bool(tx)
+        self._rebuild()
+        self._emit(f"config.port.{port}", {"action": "mute", "rx": p.rx_mute, "tx": p.tx_mute})
+
+    def manual_key(self, port: str, seconds: float, tone_hz: float | None = None) -> None:
+        """Key ``port`` for a test transmission of ``seconds`` (mandatory, at most
+        ``manual_key_limit_s``), sending silence or a -20 dBFS tone of ``tone_hz``."""
+        p = self._get(port)
+        limit = self.config.manual_key_limit_s
+        if not 0 < seconds <= limit:
+            raise EngineError("bad_request", f"manual key needs 0 < seconds <= {limit:g}")
+        if p.keyed and p.manual_until is None:
+            raise EngineError("conflict", f"port {port!r} is carrying an over")
+        p.manual_until = self.t + int(seconds * self.rate)
+        p.manual_tone = tone_hz
+        self._emit(f"port.{port}.manual", {"seconds": seconds, "tone_hz": tone_hz},
+                   "manual key")
+
+    def add_tap(self, fn: Tap) -> Callable[[], None]:
+        """Call ``fn(t, rx, tx)`` after every tick (engine thread; copy what you keep)."""
+        self._taps.append(fn)
+
+        def _remove() -> None:
+            if fn in self._taps:
+                self._taps.remove(fn)
+
+        return _remove
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> None:
+        """Start every port and driver. Idempotent."""
+        if self._started:
+            return
+        for name in self._order:
+            self._start_port(self._ports[name])
+        self._started = True
+
+    def stop(self) -> None:
+        """Unkey every port and stop everything. Idempotent; safe after a fault."""
+        for p in self._ports.values():
+            try:
+                if p.keyed:
+                    p.ptt.set_tx(False)
+                    p.keyed = False
+                    self._emit(f"port.{p.name}.ptt", {"on": False}, "engine stopped")
+                p.ptt.close()
+                if p.squelch is not None:
+                    p.squelch.close()
+            finally:
+                p.port.stop()
+        self.events.publish(self._take_events())
+        self._started = False
+
+    def run_offline(self, ticks: int) -> None:
+        """Run ``ticks`` ticks on the virtual clock, as fast as the CPU allows."""
+        self.start()
+        for _ in range(ticks):
+            self.tick()
+
+    def run_realtime(self, stop: threading.Event) -> None:
+        """Tick on the monotonic clock until ``stop`` is set.
+
+        The clock only paces the ticks; all timing inside stays in samples. If the thread falls
+        more than 200 ms behind (machine suspended, debugger) it resynchronises and counts
+        ``late_ticks`` instead of racing to catch up.
+        """
+        self.start()
+        self.running = True
+        period = self.block / self.rate
+        deadline = time.monotonic()
+        try:
+            while not stop.is_set():
+                self.tick()
+                deadline += period
+                delay = deadline - time.monotonic()
+                if delay > 0:
+                    stop.wait(delay)
+                elif delay < -0.2:
+                    self.late_ticks += 1
+                    deadline = time.monotonic()
+        finally:
+            self.running = False
+
+    # ------------------------------------------------------------------ the tick
+    def tick(self) -> None:
+        """Process one block for every port. Real-time limits: engine thread only."""
+        self.apply_commands()
+        t, B, L = self.t, self.block, self._L
+        X, Y = self._X, self._Y
+        ports = [self._ports[n] for n in self._order]
+        # 1 pull
+        for i, p in enumerate(ports):
+            p.port.read(X[i])
+        if ports:
+            # 2 detect (VOX on the raw audio, before gain and mute)
+            vox_edges = self._vox.process(t, X)
+            X *= self._rx_gain
+            j = t % L
+            first = min(B, L - j)
+            self._H[:, j:j + first] = X[:, :first]
+            self._H[:, j + L:j + L + first] = X[:, :first]
+            if first < B:
+                self._H[:, :B - first] = X[:, first:]
+                self._H[:, L:L + B - first] = X[:, first:]
+            for e in vox_edges:
+                self._cor_edge(ports[e.port], e.open, e.t, f"vox {e.level_dbfs:.0f} dBFS")
+            for p in ports:
+                if p.squelch is not None and p.settings.squelch.type != "vox":
+                    is_open, info = p.squelch.state(t)
+                    if is_open != p.cor:
+                        self._cor_edge(p, is_open, t, info)
+            if self.ticks % 10 == 0:
+                self._poll_drivers(ports)
+        # 3 floor
+        routes: dict[str, tuple[str, ...]] = {}
+        blocked: set[str] = set()
+        for floor in self._patches.values():
+            cor = {m: self._effective_cor(self._ports[m], t) for m in floor.members}
+            since = {m: self._ports[m].cor_since for m in floor.members}
+            for ch in floor.update(t, cor, since):
+                self._emit_floor(floor, ch)
+            routes.update(floor.routes())
+            blocked |= floor.blocked
+        # 4 route
+        Y[:] = 0.0
+        for i, p in enumerate(ports):
+            want = routes.get(p.name, ())
+            if p.keyed and p.manual_until is None and (
+                    p.name in blocked or self._effective_cor(p, t)):
+                self._key(p, False, t, "terminal is receiving")
+            if p.keyed or want or p.manual_until is not None:
+                self._route(i, p, want, t)
+        # 5 push
+        if ports:
+            Y[:] = self._limiter.process(Y)
+            for i, p in enumerate(ports):
+                p.port.write(Y[i])
+        # 6 taps and events
+        for tap in self._taps:
+            tap(t, X, Y)
+        self.t = t + B
+        self.ticks += 1
+        if self._pending:
+            self.events.publish(self._take_events())
+
+    def _take_events(self) -> list[Event]:
+        ev, self._pending = self._pending, []
+        return ev
+
+    def _effective_cor(self, p: _Port, t: int) -> bool:
+        """COR as the floor sees it: ignored while we transmit on the port and for the guard."""
+        if not p.cor:
+            return False
+        floor = self._patches.get(p.patch) if p.patch else None
+        if floor is not None and floor.mode is Mode.FULL_DUPLEX:
+            return True      # duplex ports hear and talk at once: nothing to mask
+        if not p.settings.squelch.mask_while_tx:
+            return True
+        if p.live or (p.keyed and p.settings.ptt.lead_ms <= 0):
+            return False
+        return t >= p.unkey_t + self.config.ms(p.settings.ptt.guard_ms)
+
+    def _cor_edge(self, p: _Port, is_open: bool, t: int, info: str) -> None:
+        p.cor = is_open
+        if is_open:
+            p.cor_since = t
+        else:
+            p.cor_closed = t
+        masked = not self._effective_cor(p, self.t) if is_open else False
+        self._emit(f"port.{p.name}.cor", {"open": is_open, "masked": masked}, info, t=t)
+
+    def _poll_drivers(self, ports: list[_Port]) -> None:
+        for p in ports:
+            for kind, info in p.port.poll_faults():
+                self._emit(f"fault.port.{p.name}", {"kind": kind}, info)
+            for ev in p.ptt.poll_events():
+                self._pending.append(Event(self.t, ev.topic, ev.data, ev.info))
+            if p.squelch is not None:
+                for ev in p.squelch.poll_events():
+                    self._pending.append(Event(self.t, ev.topic, ev.data, ev.info))
+
+    def _emit_floor(self, floor: Floor, ch: FloorChange) -> None:
+        topic = f"patch.{floor.name}"
+        if ch.kind == "floor":
+            self._emit(f"{topic}.floor", {"holder": ch.port, "prev": ch.holder}, ch.info)
+        elif ch.kind == "talkers":
+            self._emit(f"{topic}.floor", {"talkers": list(ch.talkers)}, ch.info)
+        elif ch.kind == "blocked":
+            self._emit(f"{topic}.blocked", {"port": ch.port, "holder": ch.holder}, ch.info)
+        elif ch.kind == "preempt":
+            self._emit(f"{topic}.preempt", {"port": ch.port, "prev": ch.holder}, ch.info)
+        elif ch.kind == "tot":
+            self._emit(f"{topic}.tot", {"port": ch.port}, ch.info)
+
+    def _key(self, p: _Port, on: bool, t: int, info: str) -> None:
+        p.keyed = on
+        p.ptt.set_tx(on)
+        if on:
+            p.key_t = t
+            p.live = False
+            p.overs += 1
+        else:
+            if p.live:             # the guard is for our own transmission looping back
+                p.unkey_t = t
+            p.live = False
+            p.srcs = ()
+            p.end_t = None
+            p.hang_until = None
+            p.manual_until = None
+        self._emit(f"port.{p.name}.ptt", {"on": on}, info, t=t)
+
+    def _route(self, i: int, p: _Port, want: tuple[str, ...], t: int) -> None:
+        B, L = self.block, self._L
+        ptt = p.settings.ptt
+        if p.tx_mute:
+            want = ()
+        # manual test transmission (only while the port carries no over)
+        if p.manual_until is not None and not want and not p.srcs:
+            if not p.keyed:
+                self._key(p, True, t, "manual key")
+            if t >= p.manual_until:
+                self._key(p, False, t, "manual key ended")
+                return
+            if self._live_check(p, t):
+                tone = p.manual_tone
+                if tone:
+                    n = np.arange(B)
+                    ph = self._tone_phase + 2 * np.pi * tone * n / self.rate
+                    self._Y[i] = 0.1 * np.sin(ph)
+                    self._tone_phase = float(ph[-1] + 2 * np.pi * tone / self.rate)
+            return
+        if want:
+            p.manual_until = None
+            if not p.keyed:
+                self._key(p, True, t, f"patch {p.patch}: {', '.join(want)} talking")
+                p.srcs = want
+                p.r = self._start_point(want, t)
+                p.end_t = p.hang_until = None
+            elif set(want) != set(p.srcs):
+                new = set(want) - set(p.srcs)
+                if new and len(want) == 1:
+                    p.r = self._start_point(want, t)
+                p.srcs = want
+                p.end_t = p.hang_until = None
+            elif p.end_t is not None:
+                p.end_t = p.hang_until = None      # the talker came back during drain/hang
+        elif p.keyed and p.end_t is None and p.srcs:
+            srcs = [self._ports[s] for s in p.srcs if s in self._ports]
+            if any(s.cor for s in srcs):      # cut (TOT, pre-emption elsewhere, patch change)
+                p.end_t = t
+            else:                              # the talker let go: forward up to its last sample
+                p.end_t = min(max((s.cor_closed for s in srcs), default=t), t + B)
+            p.end_t = max(p.end_t, p.r)
+        if not p.keyed:
+            return
+        if not self._live_check(p, t):
+            if not p.live and t - p.key_t > self.config.ms(ptt.grant_timeout_ms) and \
+                    p.ptt.granted(t) is not None:
+                self._emit(f"fault.port.{p.name}", {"kind": "no_grant"},
+                           f"no transmit grant within {ptt.grant_timeout_ms:g} ms")
+                self._key(p, False, t, "no grant")
+            return
+        if p.srcs and (p.end_t is None or p.r < p.end_t):
+            self._play(i, p, t)
+        if p.end_t is not None and p.r >= p.end_t or (not p.srcs and p.end_t is None):
+            if p.hang_until is None:
+                p.hang_until = t + B + self.config.ms(ptt.hang_ms)
+            if t >= p.hang_until:
+                self._key(p, False, t, "over ended")
+        elif p.r < t - L + 2 * B:
+            p.dropped += t - L + 2 * B - p.r
+            p.r = t - L + 2 * B
+
+    def _live_check(self, p: _Port, t: int) -> bool:
+        if p.live:
+            return True
+        g = p.ptt.granted(t)
+        if g is None:
+            g = t >= p.key_t + self.config.ms(p.settings.ptt.lead_ms)
+        if g:
+            p.live = True
+            self._emit(f"port.{p.name}.live", {"on": True,
+                                               "lead_ms": (t - p.key_t) * 1000.0 / self.rate},
+                       "transmitting", t=t)
+        return p.live
+
+    def _start_point(self, srcs: tuple[str, ...], t: int) -> int:
+        """Where a newly keyed destination starts reading: ``preroll_ms`` before the talker's
+        COR opened, or the live edge when it joins an over already under way (a terminal that
+        was busy receiving when the over started)."""
+        since = min(self._ports[s].cor_since for s in srcs if s in self._ports)
+        if t - since > self._preroll:
+            return t
+        return max(since - self._preroll, t - self._L + 2 * self.block, 0)
+
+    def _play(self, i: int, p: _Port, t: int) -> None:
+        B, L = self.block, self._L
+        rows = [self._order.index(s) for s in p.srcs if s in self._ports
+                and not self._ports[s].rx_mute]
+        end = t + B if p.end_t is None else min(p.end_t, t + B)
+        # catch up: skip silent blocks while we are behind the live edge; a block is only
+        # skipped when the block after it is silent too, so a soft onset is never cut
+        skips = 0
+        while skips < self.config.catchup_max_blocks and p.r < t:
+            step = min(B, t - p.r, end - p.r)
+            if step <= 0:
+                break
+            j = p.r % L
+            seg = self._H[rows, j:j + min(step + B, t + B - p.r)]
+            if seg.size and float(np.mean(np.square(seg.sum(axis=0)))) >= self._catchup_ms2:
+                break
+            p.r += step
+            p.skipped += step
+            skips += 1
+        n = max(0, min(B, end - p.r))
+        if n and rows:
+            j = p.r % L
+            if len(rows) == 1:
+                self._Y[i, :n] = self._H[rows[0], j:j + n]
+            else:
+                self._Y[i, :n] = self._H[rows, j:j + n].sum(axis=0)
+        p.r += n
+        self._Y[i] *= p.tx_gain
+
+    # ------------------------------------------------------------------ state
+    def snapshot(self) -> dict[str, Any]:
+        """JSON-ready state: time, ports (COR, PTT, levels, patch) and patches (floor)."""
+        ports = {}
+        for i, name in enumerate(self._order):
+            p = self._ports[name]
+            ports[name] = {
+                "network": p.settings.network, "talkgroup": p.settings.talkgroup,
+                "profile": p.settings.profile, "kind": p.settings.kind,
+                "patch": p.patch, "cor": p.cor, "ptt": p.keyed, "live": p.live,
+                "sources": list(p.srcs),
+                "delay_ms": round(max(0, self.t - p.r) * 1000.0 / self.rate, 1)
+                if p.live and p.srcs else 0.0,
+                "rx_level_dbfs": round(float(self._vox.level_db[i]), 1),
+                "rx_gain_db": round(20 * math.log10(max(p.rx_gain, 1e-9)), 2),
+                "tx_gain_db": round(20 * math.log10(max(p.tx_gain, 1e-9)), 2),
+                "rx_mute": p.rx_mute, "tx_mute": p.tx_mute, "overs": p.overs,
+                "stats": p.port.stats.as_dict(),
+            }
+        patches = {}
+        for name, f in self._patches.items():
+            patches[name] = {"members": list(f.members), "mode": f.mode.value,
+                             "priorities": dict(f.priorities), "holder": f.holder,
+                             "talkers": list(f.talkers), "blocked": sorted(f.blocked)}
+        return {"t": self.t, "t_s": round(self.t / self.rate, 3), "rate_hz": self.rate,
+                "block": self.block, "ticks": self.ticks, "ports": ports, "patches": patches}
+
+    def port_settings(self, name: str) -> PortSettings:
+        return self._get(name).settings
+
+    def port_object(self, name: str) -> Port:
+        return self._get(name).port
+
+    def ptt_driver(self, name: str) -> Ptt:
+        return self._get(name).ptt
+
+    def patch_names(self) -> list[str]:
+        return list(self._patches)

@@ -1,0 +1,143 @@
+"""VOX squelch for all ports at once.
+
+The detector works on fixed 1 ms frames, carried across blocks, so its decisions (and the
+sample-exact times of its edges) do not depend on the engine block size. Per port it has an
+open threshold and a lower close threshold (hysteresis), an attack (the level must stay above
+the open threshold this long before COR opens) and a hang (the level must stay below the close
+threshold this long before COR closes).
+
+Real-time limits: :meth:`VoxBank.process` runs on the engine thread once per tick; its cost is
+a few vectorised numpy operations per 1 ms frame, independent of the number of ports.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+_EPS = 1e-12
+
+
+@dataclass(frozen=True, slots=True)
+class VoxEdge:
+    """COR edge of one port: ``t`` in engine samples (end of the deciding frame)."""
+
+    port: int
+    t: int
+    open: bool
+    level_dbfs: float
+
+
+class VoxBank:
+    """VOX detectors for ``n`` ports (rows of the engine's 2-D blocks).
+
+    Parameters
+    ----------
+    rate_hz:
+        Engine sample rate.
+    n:
+        Number of ports.
+    frame_ms:
+        Decision frame, ms (default 1).
+    """
+
+    def __init__(self, rate_hz: int, n: int, frame_ms: float = 1.0) -> None:
+        self.rate_hz = rate_hz
+        self.frame = max(1, int(round(rate_hz * frame_ms / 1000.0)))
+        self.frame_ms = self.frame * 1000.0 / rate_hz
+        self.open_db = np.full(n, -40.0)
+        self.close_db = np.full(n, -46.0)
+        self.attack_frames = np.full(n, 10, np.int64)
+        self.hang_frames = np.full(n, 300, np.int64)
+        self.enabled = np.zeros(n, bool)
+        self.reset()
+
+    @property
+    def n(self) -> int:
+        return len(self.open_db)
+
+    def configure(self, i: int, *, open_dbfs: float, close_dbfs: float, attack_ms: float,
+                  hang_ms: float, enabled: bool = True) -> None:
+        """Set port ``i``'s thresholds (dBFS RMS per frame) and times (ms)."""
+        if close_dbfs > open_dbfs:
+            raise ValueError(f"vox close threshold {close_dbfs} dBFS is above the open "
+                             f"threshold {open_dbfs} dBFS")
+        self.open_db[i] = open_dbfs
+        self.close_db[i] = close_dbfs
+        self.attack_frames[i] = max(1, int(round(attack_ms / self.frame_ms)))
+        self.hang_frames[i] = max(1, int(round(hang_ms / self.frame_ms)))
+        self.enabled[i] = enabled
+
+    def reset(self) -> None:
+        """Clear state (all closed, partial frame dropped); keep parameters."""
+        n = self.n
+        self.is_open = np.zeros(n, bool)
+        self._above = np.zeros(n, np.int64)
+        self._below = np.zeros(n, np.int64)
+        self._acc = np.zeros(n)
+        self._acc_n = 0
+        self.level_db = np.full(n, -120.0)
+
+    def resize(self, n: int) -> None:
+        """Grow or shrink to ``n`` ports keeping existing rows (ports added or removed)."""
+        def fit(a: npt.NDArray[Any], fill: object) -> npt.NDArray[Any]:
+            out = np.full(n, fill, dtype=a.dtype)
+            k = min(n, len(a))
+            out[:k] = a[:k]
+            return out
+
+        self.open_db = fit(self.open_db, -40.0)
+        self.close_db = fit(self.close_db, -46.0)
+        self.attack_frames = fit(self.attack_frames, 10)
+        self.hang_frames = fit(self.hang_frames, 300)
+        self.enabled = fit(self.enabled, False)
+        self.is_open = fit(self.is_open, False)
+        self._above = fit(self._above, 0)
+        self._below = fit(self._below, 0)
+        self._acc = fit(self._acc, 0.0)
+        self.level_db = fit(self.level_db, -120.0)
+
+    def delete(self, i: int) -> None:
+        """Remove port row ``i``."""
+        for name in ("open_db", "close_db", "attack_frames", "hang_frames", "enabled",
+                     "is_open", "_above", "_below", "_acc", "level_db"):
+            setattr(self, name, np.delete(getattr(self, name), i))
+
+    def process(self, t0: int, x: npt.NDArray[np.float32]) -> list[VoxEdge]:
+        """Feed one block ``x`` (ports x samples) starting at engine sample ``t0``.
+
+        Returns the COR edges decided inside this block, in time order.
+        """
+        edges: list[VoxEdge] = []
+        n_ports, n = x.shape
+        f = self.frame
+        pos = 0
+        sq = np.square(x, dtype=np.float64)
+        while pos < n:
+            take = min(f - self._acc_n, n - pos)
+            self._acc += sq[:, pos:pos + take].sum(axis=1)
+            self._acc_n += take
+            pos += take
+            if self._acc_n < f:
+                break
+            level = 10.0 * np.log10(self._acc / f + _EPS)
+            self._acc[:] = 0.0
+            self._acc_n = 0
+            self.level_db = level
+            above = level >= self.open_db
+            below = level < self.close_db
+            self._above = np.where(above, self._above + 1, 0)
+            self._below = np.where(below, self._below + 1, 0)
+            opening = ~self.is_open & (self._above >= self.attack_frames) & self.enabled
+            closing = self.is_open & ((self._below >= self.hang_frames) | ~self.enabled)
+            if opening.any() or closing.any():
+                t = t0 + pos
+                for i in np.flatnonzero(opening):
+                    edges.append(VoxEdge(int(i), t, True, float(level[i])))
+                for i in np.flatnonzero(closing):
+                    edges.append(VoxEdge(int(i), t, False, float(level[i])))
+                self.is_open = (self.is_open | opening) & ~closing
+        return edges
