@@ -15,7 +15,10 @@ from collections.abc import Sequence
 
 #: Modules that provide sub-commands, in the order ``brug --help`` lists them.
 COMMAND_MODULES: list[str] = [
+    "brug.gateway.run",
     "brug.gateway.profiles_cli",
+    "brug.gateway.soundcards",
+    "brug.gateway.devices",
 ]
 
 

@@ -1,0 +1,183 @@
+"""Generic helpers for the test suite: test signals, WAV loading, delay measurement,
+and playing/recording on the virtual sound cards of the ``soundcards`` fixture.
+
+All signals are mono float32, nominal -1..1; levels in dBFS refer to a full-scale sine
+(a sine of peak 1.0 is 0 dBFS, so its RMS is -3.01 dB below 1.0).
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+from scipy import signal as _signal
+
+Audio = npt.NDArray[np.float32]
+
+DATA = Path(__file__).parent / "data"
+
+
+def tone(freq: float, fs: int, seconds: float, dbfs: float = -20.0, phase: float = 0.0) -> Audio:
+    """A sine of ``freq`` Hz at ``fs`` Hz, ``seconds`` long, peak level ``dbfs`` (0 dBFS = 1.0)."""
+    n = int(round(fs * seconds))
+    amp = 10.0 ** (dbfs / 20.0)
+    return (amp * np.sin(2 * np.pi * freq * np.arange(n) / fs + phase)).astype(np.float32)
+
+
+def silence(fs: int, seconds: float) -> Audio:
+    """``seconds`` of digital silence at ``fs`` Hz."""
+    return np.zeros(int(round(fs * seconds)), np.float32)
+
+
+def noise(fs: int, seconds: float, dbfs: float = -30.0, seed: int = 1) -> Audio:
+    """White noise with RMS level ``dbfs`` (relative to 1.0), reproducible by ``seed``."""
+    rng = np.random.default_rng(seed)
+    n = int(round(fs * seconds))
+    return (rng.standard_normal(n) * 10.0 ** (dbfs / 20.0)).astype(np.float32)
+
+
+def rms_dbfs(x: npt.ArrayLike) -> float:
+    """RMS level of ``x`` in dB relative to 1.0 (-inf for silence)."""
+    a = np.asarray(x, np.float64)
+    r = float(np.sqrt(np.mean(a * a))) if a.size else 0.0
+    return 20.0 * np.log10(r) if r > 0 else float("-inf")
+
+
+def load_wav(path: str | Path, fs: int | None = None) -> tuple[Audio, int]:
+    """Load a WAV as mono float32; a bare name is looked up in tests/data.
+
+    With ``fs`` given, resample to it (soxr, high quality). Returns ``(x, rate_hz)``.
+    """
+    import soundfile as sf
+
+    p = Path(path)
+    if not p.exists() and (DATA / p).exists():
+        p = DATA / p
+    x, rate = sf.read(str(p), dtype="float32", always_2d=True)
+    mono = x.mean(axis=1).astype(np.float32)
+    if fs is not None and fs != rate:
+        import soxr
+
+        mono = soxr.resample(mono, rate, fs, quality="HQ").astype(np.float32)
+        rate = fs
+    return mono, int(rate)
+
+
+def xcorr_delay(ref: npt.ArrayLike, sig: npt.ArrayLike, fs: int,
+                max_delay_s: float | None = None) -> int:
+    """Delay of ``sig`` relative to ``ref`` in samples, by FFT cross-correlation.
+
+    Positive when ``sig`` lags ``ref``. ``max_delay_s`` (s) restricts the search to
+    ``0..max_delay_s`` (both signals at ``fs`` Hz).
+    """
+    r = np.asarray(ref, np.float64)
+    s = np.asarray(sig, np.float64)
+    c = _signal.correlate(s, r, mode="full", method="fft")
+    lags = _signal.correlation_lags(len(s), len(r), mode="full")
+    if max_delay_s is not None:
+        keep = (lags >= 0) & (lags <= int(max_delay_s * fs))
+        c, lags = c[keep], lags[keep]
+    return int(lags[int(np.argmax(np.abs(c)))])
+
+
+def xcorr_peak(ref: npt.ArrayLike, sig: npt.ArrayLike, lag: int) -> float:
+    """Normalised correlation (-1..1) of ``sig`` shifted back by ``lag`` samples with ``ref``."""
+    r = np.asarray(ref, np.float64)
+    s = np.asarray(sig, np.float64)[lag:lag + len(r)]
+    r = r[:len(s)]
+    d = float(np.sqrt(np.sum(r * r) * np.sum(s * s)))
+    return float(np.sum(r * s) / d) if d > 0 else 0.0
+
+
+def dropouts(x: npt.ArrayLike, fs: int, ref: npt.ArrayLike, lag: int,
+             window_ms: float = 5.0, floor_db: float = -30.0) -> int:
+    """Count windows where ``ref`` carries signal but ``x`` (aligned by ``lag``) is near silent.
+
+    A window of ``window_ms`` whose reference RMS is above ``ref``'s peak window minus 40 dB
+    and whose received RMS is more than ``-floor_db`` dB below the reference counts as one
+    dropout. Detects gaps of zeros from underruns in a path that should pass audio unchanged.
+    """
+    r = np.asarray(ref, np.float64)
+    s = np.asarray(x, np.float64)[lag:lag + len(r)]
+    r = r[:len(s)]
+    w = max(1, int(fs * window_ms / 1000))
+    n = len(r) // w
+    if n == 0:
+        return 0
+    rr = np.sqrt(np.mean(r[:n * w].reshape(n, w) ** 2, axis=1))
+    ss = np.sqrt(np.mean(s[:n * w].reshape(n, w) ** 2, axis=1))
+    active = rr > rr.max() * 10 ** (-40 / 20)
+    low = ss < rr * 10 ** (floor_db / 20)
+    return int(np.sum(active & low))
+
+
+class Recorder:
+    """Record a PortAudio input device in the background (``start``/``stop`` -> audio).
+
+    Runs an ``sd.InputStream`` whose callback appends copies; test code only, not real-time
+    safe (allocates per block).
+    """
+
+    def __init__(self, device: str, fs: int, blocksize: int = 480) -> None:
+        import sounddevice as sd
+
+        self.fs = fs
+        self._chunks: list[Audio] = []
+        self._lock = threading.Lock()
+        self.running = threading.Event()
+
+        def cb(indata: npt.NDArray[np.float32], frames: int, t: object, status: object) -> None:
+            with self._lock:
+                self._chunks.append(indata[:, 0].copy())
+            self.running.set()
+
+        self._stream = sd.InputStream(device=device, samplerate=fs, channels=1,
+                                      dtype="float32", blocksize=blocksize, callback=cb)
+
+    def start(self, timeout: float = 5.0) -> Recorder:
+        """Start and wait (up to ``timeout`` s) until the first block has arrived."""
+        self._stream.start()
+        if not self.running.wait(timeout):
+            raise TimeoutError(f"no audio from {self._stream.device} within {timeout} s")
+        return self
+
+    def stop(self) -> Audio:
+        self._stream.stop()
+        self._stream.close()
+        with self._lock:
+            return np.concatenate(self._chunks) if self._chunks else np.zeros(0, np.float32)
+
+
+class Player:
+    """Play a signal on a PortAudio output device in the background; zeros after its end."""
+
+    def __init__(self, device: str, fs: int, x: npt.ArrayLike, blocksize: int = 480) -> None:
+        import sounddevice as sd
+
+        self.x = np.asarray(x, np.float32)
+        self._pos = 0
+        self.done = threading.Event()
+
+        def cb(outdata: npt.NDArray[np.float32], frames: int, t: object, status: object) -> None:
+            chunk = self.x[self._pos:self._pos + frames]
+            outdata[:len(chunk), 0] = chunk
+            outdata[len(chunk):, 0] = 0.0
+            self._pos += frames
+            if self._pos >= len(self.x):
+                self.done.set()
+
+        self._stream = sd.OutputStream(device=device, samplerate=fs, channels=1,
+                                       dtype="float32", blocksize=blocksize, callback=cb)
+
+    def start(self) -> Player:
+        self._stream.start()
+        return self
+
+    def wait(self, timeout: float) -> bool:
+        return self.done.wait(timeout)
+
+    def stop(self) -> None:
+        self._stream.stop()
+        self._stream.close()
