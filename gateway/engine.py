@@ -32,6 +32,8 @@ from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
+
+from brug.codecs.limiter import Limiter
 from brug.gateway.events import Event, EventBus
 from brug.gateway.ports.base import Port
 from brug.gateway.signalling import LineSquelch, NoPtt, Ptt
@@ -205,6 +207,9 @@ class Engine:
         self._order: list[str] = []
         self._patches: dict[str, Floor] = {}
         self._taps: list[Tap] = []
+        self._row: dict[str, int] = {}
+        self._play_cache: dict[tuple[tuple[str, ...], int, int],
+                               tuple[int, int, int, Array]] = {}
         self._pending: list[Event] = []
         self._commands: queue.SimpleQueue[tuple[Callable[[Engine], Any], Future[Any]]] = (
             queue.SimpleQueue())
@@ -215,10 +220,8 @@ class Engine:
         self._catchup_ms2 = float(10.0 ** (cfg.catchup_dbfs / 10.0))
         self._tone_phase = 0.0
         self._alloc(0)
-        from brug.codecs.limiter import Limiter
-
         self._limiter_cls = Limiter
-        self._limiter = Limiter(cfg.rate_hz, 0)
+        self._limiter: Limiter | None = None
         self.late_ticks = 0
 
     # ------------------------------------------------------------------ arrays
@@ -235,7 +238,8 @@ class Engine:
 
     def _rebuild(self) -> None:
         """Re-derive per-row arrays after ports were added or removed."""
-        self._limiter = self._limiter_cls(self.rate, len(self._order))
+        self._row = {name: i for i, name in enumerate(self._order)}
+        self._limiter = self._limiter_cls(self.rate, len(self._order)) if self._order else None
         for i, name in enumerate(self._order):
             p = self._ports[name]
             self._rx_gain[i, 0] = 0.0 if p.rx_mute else p.rx_gain
@@ -613,6 +617,7 @@ class Engine:
             blocked |= floor.blocked
         # 4 route
         Y[:] = 0.0
+        self._play_cache.clear()
         for i, p in enumerate(ports):
             want = routes.get(p.name, ())
             if p.keyed and p.manual_until is None and (
@@ -621,7 +626,7 @@ class Engine:
             if p.keyed or want or p.manual_until is not None:
                 self._route(i, p, want, t)
         # 5 push
-        if ports:
+        if ports and self._limiter is not None:
             Y[:] = self._limiter.process(Y)
             for i, p in enumerate(ports):
                 p.port.write(Y[i])
@@ -784,33 +789,55 @@ class Engine:
         return max(since - self._preroll, t - self._L + 2 * self.block, 0)
 
     def _play(self, i: int, p: _Port, t: int) -> None:
+        """Write destination ``i``'s next block from its source(s) at its read pointer.
+
+        Destinations that read the same sources at the same position (every member of a
+        half-duplex patch keyed in the same tick with the same lead) share one computation.
+        """
+        end = t + self.block if p.end_t is None else min(p.end_t, t + self.block)
+        key = (p.srcs, p.r, end)
+        hit = self._play_cache.get(key)
+        if hit is None:
+            hit = self._play_compute(p.srcs, p.r, end, t)
+            self._play_cache[key] = hit
+        r, skipped, n, block = hit
+        p.skipped += skipped
+        p.r = r
+        if n:
+            self._Y[i, :n] = block[:n]
+            if p.tx_gain != 1.0:
+                self._Y[i, :n] *= p.tx_gain
+
+    def _play_compute(self, srcs: tuple[str, ...], r: int, end: int,
+                      t: int) -> tuple[int, int, int, Array]:
         B, L = self.block, self._L
-        rows = [self._order.index(s) for s in p.srcs if s in self._ports
-                and not self._ports[s].rx_mute]
-        end = t + B if p.end_t is None else min(p.end_t, t + B)
+        rows = [self._row[s] for s in srcs if s in self._row and not self._ports[s].rx_mute]
+        H = self._H
         # catch up: skip silent blocks while we are behind the live edge; a block is only
         # skipped when the block after it is silent too, so a soft onset is never cut
-        skips = 0
-        while skips < self.config.catchup_max_blocks and p.r < t:
-            step = min(B, t - p.r, end - p.r)
-            if step <= 0:
+        skipped = skips = 0
+        while skips < self.config.catchup_max_blocks and r < t:
+            step = min(B, t - r, end - r)
+            if step <= 0 or not rows:
                 break
-            j = p.r % L
-            seg = self._H[rows, j:j + min(step + B, t + B - p.r)]
-            if seg.size and float(np.mean(np.square(seg.sum(axis=0)))) >= self._catchup_ms2:
+            j = r % L
+            n_look = min(step + B, t + B - r)
+            seg = H[rows[0], j:j + n_look] if len(rows) == 1 else \
+                H[rows, j:j + n_look].sum(axis=0)
+            if float(np.dot(seg, seg)) >= self._catchup_ms2 * n_look:
                 break
-            p.r += step
-            p.skipped += step
+            r += step
+            skipped += step
             skips += 1
-        n = max(0, min(B, end - p.r))
-        if n and rows:
-            j = p.r % L
-            if len(rows) == 1:
-                self._Y[i, :n] = self._H[rows[0], j:j + n]
-            else:
-                self._Y[i, :n] = self._H[rows, j:j + n].sum(axis=0)
-        p.r += n
-        self._Y[i] *= p.tx_gain
+        n = max(0, min(B, end - r))
+        j = r % L
+        if not rows or not n:
+            block = np.zeros(B, np.float32)
+        elif len(rows) == 1:
+            block = H[rows[0], j:j + B]
+        else:
+            block = H[rows, j:j + B].sum(axis=0)
+        return r + n, skipped, n, block
 
     # ------------------------------------------------------------------ state
     def snapshot(self) -> dict[str, Any]:

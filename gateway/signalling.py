@@ -117,6 +117,7 @@ ENGINE_SQUELCH_TYPES = ("vox",)
 DRIVER_MODULES: list[str] = [
     "brug.gateway.drivers.serial_lines",
     "brug.gateway.drivers.cm108",
+    "brug.gateway.drivers.pei",
     "brug.gateway.rtp.squelch",
 ]
 _loaded = False

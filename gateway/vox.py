@@ -112,32 +112,39 @@ class VoxBank:
         Returns the COR edges decided inside this block, in time order.
         """
         edges: list[VoxEdge] = []
-        n_ports, n = x.shape
+        n = x.shape[1]
         f = self.frame
-        pos = 0
         sq = np.square(x, dtype=np.float64)
-        while pos < n:
-            take = min(f - self._acc_n, n - pos)
-            self._acc += sq[:, pos:pos + take].sum(axis=1)
-            self._acc_n += take
-            pos += take
-            if self._acc_n < f:
-                break
-            level = 10.0 * np.log10(self._acc / f + _EPS)
-            self._acc[:] = 0.0
-            self._acc_n = 0
-            self.level_db = level
-            above = level >= self.open_db
-            below = level < self.close_db
+        # complete the frame carried over from the last block, then all whole frames at once
+        head = min(f - self._acc_n, n)
+        self._acc += sq[:, :head].sum(axis=1)
+        self._acc_n += head
+        if self._acc_n < f:
+            return edges
+        n_whole = (n - head) // f
+        sums = np.empty((self.n, 1 + n_whole))
+        sums[:, 0] = self._acc
+        if n_whole:
+            sums[:, 1:] = sq[:, head:head + n_whole * f].reshape(self.n, n_whole, f).sum(axis=2)
+        tail = head + n_whole * f
+        self._acc = sq[:, tail:].sum(axis=1)
+        self._acc_n = n - tail
+        levels = 10.0 * np.log10(sums / f + _EPS)
+        above_all = levels >= self.open_db[:, None]
+        below_all = levels < self.close_db[:, None]
+        for k in range(levels.shape[1]):
+            above, below = above_all[:, k], below_all[:, k]
             self._above = np.where(above, self._above + 1, 0)
             self._below = np.where(below, self._below + 1, 0)
             opening = ~self.is_open & (self._above >= self.attack_frames) & self.enabled
             closing = self.is_open & ((self._below >= self.hang_frames) | ~self.enabled)
             if opening.any() or closing.any():
-                t = t0 + pos
+                t = t0 + head + k * f
+                level = levels[:, k]
                 for i in np.flatnonzero(opening):
                     edges.append(VoxEdge(int(i), t, True, float(level[i])))
                 for i in np.flatnonzero(closing):
                     edges.append(VoxEdge(int(i), t, False, float(level[i])))
                 self.is_open = (self.is_open | opening) & ~closing
+        self.level_db = levels[:, -1]
         return edges

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import soxr
+
 from brug.gateway.engine import (
     Engine,
     EngineConfig,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from brug.talkgroups.floor import Floor, FloorError, Mode
 
 MS = 16  # samples per ms at 16 kHz
