@@ -1,0 +1,89 @@
+"""Limiter: never above the ceiling, transparent below it, block-size invariant."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+from brug.codecs.limiter import Limiter
+
+BLOCKS = (1, 7, 80, 160, 480, 4096)
+
+
+def _hot(n: int = 24000, ch: int = 3) -> np.ndarray[Any, Any]:
+    rng = np.random.default_rng(5)
+    x = (rng.standard_normal((ch, n)) * 0.6).astype(np.float32)
+    x[0, 5000] = 8.0                     # a single huge spike
+    x[1] *= 0.05                         # a quiet port, must pass untouched
+    return x
+
+
+def test_never_above_ceiling() -> None:
+    for ceiling in (-1.0, -6.0, -0.1):
+        lim = Limiter(48000, 3, ceiling_dbfs=ceiling)
+        y = lim.process(_hot() * 3)
+        assert float(np.abs(y).max()) <= 10 ** (ceiling / 20) * (1 + 1e-7)
+
+
+@pytest.mark.parametrize("bs", BLOCKS)
+def test_block_size_invariance(bs: int) -> None:
+    x = _hot()
+    ref = Limiter(48000, 3).process(x)
+    lim = Limiter(48000, 3)
+    y = np.concatenate([lim.process(x[:, i:i + bs]) for i in range(0, x.shape[1], bs)], axis=1)
+    np.testing.assert_allclose(y, ref, atol=1e-6)
+
+
+def test_latency_is_reported_and_quiet_signal_passes_unchanged() -> None:
+    lim = Limiter(48000, 3)
+    x = _hot()
+    y = lim.process(x)
+    d = lim.latency_samples
+    assert d == 72                                   # 1.5 ms at 48 kHz
+    np.testing.assert_array_equal(y[1, d:], x[1, :-d])
+    # a clean impulse comes out exactly latency_samples later
+    lim1 = Limiter(8000, 1, lookahead_ms=2.0)
+    imp = np.zeros(100, np.float32)
+    imp[10] = 0.5
+    out = lim1.process(imp)
+    assert int(np.argmax(out)) == 10 + lim1.latency_samples
+    assert out.ndim == 1
+
+
+def test_gain_recovers_at_release_rate() -> None:
+    rate = 8000
+    lim = Limiter(rate, 1, ceiling_dbfs=-6.0, release_ms=100.0, lookahead_ms=1.0)
+    x = np.full(rate, 0.25, np.float32)
+    x[1000] = 1.0                                  # 6 dB over the ceiling
+    y = lim.process(x)
+    d = lim.latency_samples
+    gain = y[d:] / x[:-d]
+    assert float(gain[1000]) == pytest.approx(10 ** (-6 / 20), rel=1e-5)
+    # release: 20 dB per 100 ms, so 6 dB back after 30 ms; fully recovered after 40 ms
+    assert float(gain[1000 + int(0.015 * rate)]) < 0.99
+    assert float(gain[1000 + int(0.04 * rate)]) == pytest.approx(1.0, abs=1e-6)
+    # the gain ramps down smoothly before the peak (no jump bigger than 1/(L+1) of 6 dB)
+    g_db = 20 * np.log10(gain[900:1001])
+    assert float(np.max(np.abs(np.diff(g_db)))) < 6.0 / (lim.latency_samples + 1) + 1e-6
+
+
+def test_reset_clears_state_and_shape_errors() -> None:
+    lim = Limiter(48000, 2)
+    x = (np.ones((2, 480)) * 2).astype(np.float32)
+    a = lim.process(x)
+    lim.reset()
+    np.testing.assert_array_equal(lim.process(x), a)
+    with pytest.raises(ValueError, match=r"\(2, samples\)"):
+        lim.process(np.zeros((3, 10), np.float32))
+    assert lim.process(np.zeros((2, 0), np.float32)).shape == (2, 0)
+
+
+@pytest.mark.benchmark(group="filters-5ms")
+@pytest.mark.parametrize("channels", [1, 8])
+def test_bench_limiter_5ms(benchmark: Any, channels: int) -> None:
+    lim = Limiter(48000, channels)
+    x = np.full((channels, 240), 0.5, np.float32)
+    y = benchmark(lim.process, x)
+    assert y.shape == x.shape
