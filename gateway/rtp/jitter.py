@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
+
 from brug.gateway.rtp.packet import seq16_add, seq16_diff, ts32_diff
 
 Frame = npt.NDArray[np.float32]
@@ -149,8 +150,9 @@ class JitterBuffer:
                 return out, self._last_tag
             self.stats.lost -= 1          # not a loss: the stream stopped or ran dry
             self._playing = False
-            if self._last is not None:
+            if self._last is not None:      # ran dry mid-stream: re-buffer deeper
                 self.stats.rebuffers += 1
+                self._grow(2)
             self._last = None
             return None, None
 

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import soxr
+
 from brug.gateway.events import Event
 from brug.gateway.ports.base import Block, Port
 from brug.gateway.rtp.ed137 import ED137_PROFILE, Ed137Header, FloorClaim, PttType
