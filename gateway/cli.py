@@ -17,6 +17,7 @@ from collections.abc import Sequence
 COMMAND_MODULES: list[str] = [
     "brug.gateway.run",
     "brug.gateway.profiles_cli",
+    "brug.gateway.sim",
     "brug.gateway.soundcards",
     "brug.gateway.devices",
 ]
