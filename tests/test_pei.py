@@ -220,3 +220,28 @@ def test_unsolicited_lines_between_command_and_reply() -> None:
         cor.close()
         os.close(master)
         os.close(slave)
+
+
+def test_site_loader_calling_convention(term: SimTerminal) -> None:
+    """The gateway passes the profile's pei mapping and the catalogue talkgroup alias."""
+    from brug.hw_profiles import load_profile
+    from brug.talkgroups.catalogue import load_catalogue
+
+    gssi = load_catalogue().resolve("be_astrid/BE-TAC3").gssi
+    assert gssi is not None
+    t2 = SimTerminal("be2", setup_ms=100, groups=[gssi])
+    pei = dict(load_profile("sim-tetra").to_port_dict()["pei"], port=t2.path)
+    ptt = make_ptt("pei", name="be2", pei=pei, talkgroup="BE-TAC3", lead_ms=400, hang_ms=500)
+    try:
+        ptt.open()
+        assert wait_for(lambda: t2.gssi == gssi)
+        ptt.set_tx(True)
+        assert wait_for(lambda: ptt.granted(0))
+        assert f"ATD{gssi}" in t2.log
+    finally:
+        ptt.close()
+        t2.close()
+    with pytest.raises(ValueError, match="NL-NOPE"):
+        make_ptt("pei", pei=pei, talkgroup="NL-NOPE", network="nl_c2000")
+    with pytest.raises(ValueError, match="pei.port is required"):
+        make_squelch("pei", talkgroup="BE-TAC3")

@@ -36,7 +36,13 @@ from typing import Any
 import serial
 
 from brug.gateway.events import Event
-from brug.gateway.signalling import LineSquelch, Ptt, register_ptt, register_squelch
+from brug.gateway.signalling import (
+    LineSquelch,
+    Ptt,
+    SignallingConfigError,
+    register_ptt,
+    register_squelch,
+)
 
 #: Circuit-mode service for ATD: TETRA speech, group call, simplex, no E2EE (EN 300 392-5
 #: +CTSDC: AI service 0, called party type 0, area 0, hook 1, simplex 1, e2ee 0, comms type
@@ -410,27 +416,74 @@ def _ssi(tsi: str) -> str:
     return str(int(t[-8:])) if len(t) == 17 and t.isdigit() else t
 
 
-def _gssi(gssi: int | str | None) -> int | None:
-    return None if gssi is None or gssi == "" else int(gssi)
-
-
 _CONN_KEYS = ("baud", "init", "timeout_ms", "keepalive_s")
+
+
+def resolve_gssi(gssi: int | str | None = None, talkgroup: str | None = None,
+                 network: str | None = None) -> int | None:
+    """The GSSI to select: ``gssi`` if given, else the catalogue entry of ``talkgroup``
+    (an alias such as ``BE-TAC3``, looked up in ``network`` or, without it, in every
+    bundled catalogue where the alias must be unique), else a numeric ``talkgroup``.
+
+    Raises
+    ------
+    SignallingConfigError
+        When the talkgroup is unknown or ambiguous (the message lists the candidates).
+    """
+    if gssi is not None and gssi != "":
+        return int(gssi)
+    if talkgroup is None or str(talkgroup) == "":
+        return None
+    tg = str(talkgroup)
+    if tg.isdigit():
+        return int(tg)
+    from brug.talkgroups.catalogue import CatalogueError, load_catalogue
+
+    cat = load_catalogue()
+    try:
+        if network:
+            found = cat.talkgroup(str(network), tg).gssi
+        else:
+            hits = [n.talkgroups[tg] for n in cat.networks.values() if tg in n.talkgroups]
+            if len(hits) != 1:
+                where = ", ".join(h.ref for h in hits) or "no catalogue"
+                raise SignallingConfigError(f"talkgroup {tg!r} is in {where}; give network "
+                                            "or gssi")
+            found = hits[0].gssi
+    except CatalogueError as exc:
+        raise SignallingConfigError(exc.message) from None
+    if found is None:
+        raise SignallingConfigError(f"talkgroup {tg!r} has no GSSI in its catalogue")
+    return found
+
+
+def _conn_args(port: str | None, pei: dict[str, Any] | None, params: dict[str, Any]
+               ) -> tuple[str, dict[str, Any]]:
+    merged = {**(pei or {}), **{k: v for k, v in params.items() if k in _CONN_KEYS}}
+    path = port or merged.pop("port", None)
+    merged.pop("port", None)
+    if not path:
+        raise SignallingConfigError("pei.port is required (the terminal's PEI serial device)")
+    return str(path), {k: v for k, v in merged.items() if k in _CONN_KEYS}
 
 
 class PeiPtt(Ptt):
     """Keys a TETRA terminal over PEI; :meth:`granted` follows ``+CTXG``.
 
     Parameters are those of :class:`PeiConnection` (``port``, ``baud``, ``init``,
-    ``timeout_ms``, ``keepalive_s``, ``gssi``, ``name``); ``setup_ms`` and unknown keys are
-    accepted and ignored.
+    ``timeout_ms``, ``keepalive_s``, ``gssi``, ``name``), given directly or as the profile's
+    ``pei`` mapping (``pei={"port": ..., "baud": ...}``); instead of ``gssi`` a catalogue
+    ``talkgroup`` alias (with ``network``) may be given (:func:`resolve_gssi`). ``setup_ms``
+    and unknown keys (``lead_ms``, ``hang_ms``, ...) are accepted and ignored.
     """
 
-    def __init__(self, port: str, gssi: int | str | None = None, name: str = "",
+    def __init__(self, port: str | None = None, gssi: int | str | None = None,
+                 name: str = "", pei: dict[str, Any] | None = None,
+                 talkgroup: str | None = None, network: str | None = None,
                  **params: Any) -> None:
-        self.port = port
-        self.gssi = _gssi(gssi)
-        self.name = name or port
-        self.params = {k: v for k, v in params.items() if k in _CONN_KEYS}
+        self.port, self.params = _conn_args(port, pei, params)
+        self.gssi = resolve_gssi(gssi, talkgroup, network)
+        self.name = name or self.port
         self.conn: PeiConnection | None = None
 
     def open(self) -> None:
@@ -464,12 +517,13 @@ class PeiPtt(Ptt):
 class PeiSquelch(LineSquelch):
     """COR from the terminal's call state over PEI (another unit talking on the group)."""
 
-    def __init__(self, port: str, gssi: int | str | None = None, name: str = "",
+    def __init__(self, port: str | None = None, gssi: int | str | None = None,
+                 name: str = "", pei: dict[str, Any] | None = None,
+                 talkgroup: str | None = None, network: str | None = None,
                  **params: Any) -> None:
-        self.port = port
-        self.gssi = _gssi(gssi)
-        self.name = name or port
-        self.params = {k: v for k, v in params.items() if k in _CONN_KEYS}
+        self.port, self.params = _conn_args(port, pei, params)
+        self.gssi = resolve_gssi(gssi, talkgroup, network)
+        self.name = name or self.port
         self.conn: PeiConnection | None = None
 
     def open(self) -> None:
