@@ -81,8 +81,9 @@ class PeiConnection:
 
     def __init__(self, port: str, baud: int = 115200, init: Sequence[str] = (),
                  timeout_ms: float = 1000.0, keepalive_s: float = 1.0,
-                 gssi: int | None = None, name: str = "") -> None:
+                 gssi: int | None = None, name: str = "", label: str = "") -> None:
         self.port = port
+        self.label = f"{label} ({gssi})" if label and gssi is not None else str(gssi)
         self.baud = int(baud)
         self.init = tuple(init)
         self.timeout_s = timeout_ms / 1000.0
@@ -321,7 +322,7 @@ class PeiConnection:
                            fault_kind="talkgroup", gssi=self.gssi, reply=final)
         self.up = True
         self._last_probe = time.monotonic()
-        self._emit(f"PEI up on {self.port}" + (f", talkgroup {self.gssi} selected"
+        self._emit(f"PEI up on {self.port}" + (f", talkgroup {self.label} selected"
                                               if self.gssi is not None else ""),
                    state="up", gssi=self.gssi)
 
@@ -483,13 +484,14 @@ class PeiPtt(Ptt):
                  **params: Any) -> None:
         self.port, self.params = _conn_args(port, pei, params)
         self.gssi = resolve_gssi(gssi, talkgroup, network)
+        self.label = str(talkgroup) if talkgroup and not str(talkgroup).isdigit() else ""
         self.name = name or self.port
         self.conn: PeiConnection | None = None
 
     def open(self) -> None:
         if self.conn is None:
             self.conn = PeiConnection.acquire(self.port, gssi=self.gssi, name=self.name,
-                                              **self.params)
+                                              label=self.label, **self.params)
 
     def set_tx(self, on: bool) -> None:
         """Post the wanted state; the PEI thread sends ATD/AT+CTXD or AT+CUTXC."""
@@ -523,13 +525,14 @@ class PeiSquelch(LineSquelch):
                  **params: Any) -> None:
         self.port, self.params = _conn_args(port, pei, params)
         self.gssi = resolve_gssi(gssi, talkgroup, network)
+        self.label = str(talkgroup) if talkgroup and not str(talkgroup).isdigit() else ""
         self.name = name or self.port
         self.conn: PeiConnection | None = None
 
     def open(self) -> None:
         if self.conn is None:
             self.conn = PeiConnection.acquire(self.port, gssi=self.gssi, name=self.name,
-                                              **self.params)
+                                              label=self.label, **self.params)
 
     def state(self, t: int) -> tuple[bool, str]:
         """``(cor_open, info)``, e.g. ``(True, "pei call from 2001 on 1001 (call 1)")``."""
