@@ -245,3 +245,66 @@ def test_site_loader_calling_convention(term: SimTerminal) -> None:
         make_ptt("pei", pei=pei, talkgroup="NL-NOPE", network="nl_c2000")
     with pytest.raises(ValueError, match="pei.port is required"):
         make_squelch("pei", talkgroup="BE-TAC3")
+
+
+def test_engine_waits_for_the_grant_and_keeps_the_first_syllable(term: SimTerminal) -> None:
+    """A talker on an analog port keys a PEI terminal through a patch: no audio before
+    +CTXG, and the whole first syllable (a 120 ms burst at the very start) arrives."""
+    import threading
+
+    import numpy as np
+
+    from brug.gateway.engine import Engine, EngineConfig, PortSettings, PttSettings, SquelchSettings
+    from brug.gateway.ports.base import MemoryPort
+    from brug.gateway.signalling import ScheduledSquelch
+
+    fs = 16000
+    n = np.arange(int(0.12 * fs))
+    syllable = (0.3 * np.sin(2 * np.pi * 1000 * n / fs)).astype(np.float32)
+    rest = (0.2 * np.sin(2 * np.pi * 440 * np.arange(int(0.4 * fs)) / fs)).astype(np.float32)
+    at = int(0.2 * fs)
+    talker = MemoryPort("an1", np.concatenate([np.zeros(at, np.float32), syllable, rest]))
+    dest = MemoryPort("be1")
+    events: list[Event] = []
+    eng = Engine(EngineConfig(rate_hz=fs, block_ms=5))
+    eng.events.subscribe(events.extend)
+    end = at + len(syllable) + len(rest)
+    eng.add_port(talker, PortSettings("an1", squelch=SquelchSettings(type="schedule")),
+                 squelch=ScheduledSquelch([(at, end)], info="cor"))
+    pcfg = dict(port=term.path, gssi=1001, name="be1", init=INIT, timeout_ms=300,
+                keepalive_s=0.5)
+    ptt, cor = make_ptt("pei", **pcfg), make_squelch("pei", **pcfg)
+    ptt.open()
+    cor.open()
+    assert wait_for(lambda: term.gssi == 1001)          # link up before the clock starts
+    eng.add_port(dest, PortSettings("be1", squelch=SquelchSettings(type="pei",
+                                                                 mask_while_tx=False),
+                                    ptt=PttSettings(type="pei", lead_ms=0, hang_ms=100)),
+                 squelch=cor, ptt=ptt)
+    eng.create_patch("P", ["an1", "be1"])
+    stop = threading.Event()
+    th = threading.Thread(target=eng.run_realtime, args=(stop,))
+    th.start()
+    try:
+        assert wait_for(lambda: any(e.topic == "port.be1.ptt" and not e.data["on"]
+                                    for e in events), 5.0)
+    finally:
+        stop.set()
+        th.join()
+        eng.stop()
+    key_t = next(e.t for e in events if e.topic == "port.be1.ptt" and e.data["on"])
+    live = next(e for e in events if e.topic == "port.be1.live")
+    assert "ATD1001" in term.log
+    assert live.data["lead_ms"] >= 280                      # waited for the 300 ms set-up
+    y = dest.tx
+    first = int(np.flatnonzero(np.abs(y) > 1e-4)[0])
+    assert first >= live.t                                  # nothing before the grant
+    assert first >= key_t + int(0.28 * fs)
+
+    def corr_at(k: int) -> float:
+        seg = y[k:k + len(syllable)]
+        return float(np.dot(seg, syllable) / (np.linalg.norm(seg) * np.linalg.norm(syllable)))
+
+    start = max(range(first - 4, first + 4), key=corr_at)  # sin(0) = 0: first may be +1
+    assert corr_at(start) > 0.99, corr_at(start)            # the first syllable, whole
+    assert start >= live.t
