@@ -308,3 +308,10 @@ def test_engine_waits_for_the_grant_and_keeps_the_first_syllable(term: SimTermin
     start = max(range(first - 4, first + 4), key=corr_at)  # sin(0) = 0: first may be +1
     assert corr_at(start) > 0.99, corr_at(start)            # the first syllable, whole
     assert start >= live.t
+
+
+def test_closing_while_keyed_unkeys_the_terminal(term: SimTerminal, pair: Pair) -> None:
+    pair.ptt.set_tx(True)
+    assert wait_for(lambda: pair.ptt.granted(0))
+    pair.close()
+    assert "AT+CUTXC=1" in term.log and not term.transmitting

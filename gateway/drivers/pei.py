@@ -132,6 +132,11 @@ class PeiConnection:
             if self._refs > 0:
                 return
             _conns.pop(self.port, None)
+        # leave the terminal unkeyed: let the thread send AT+CUTXC before it stops
+        self.set_tx(False)
+        end = time.monotonic() + 2 * self.timeout_s
+        while self._tx and self.up and time.monotonic() < end:
+            time.sleep(0.005)
         self._stop.set()
         self._wake.set()
         if self._thread is not None:
