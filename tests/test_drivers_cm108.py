@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 
 import pytest
+
 from brug.gateway.drivers.cm108 import output_report
 from brug.gateway.signalling import make_ptt, make_squelch
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import serial
+
 from brug.gateway.signalling import make_ptt, make_squelch
 
 

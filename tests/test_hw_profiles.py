@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from brug.hw_profiles import (
     PTT_PARAMS,
     SQUELCH_PARAMS,

@@ -21,6 +21,7 @@ import threading
 from typing import Any
 
 import serial
+
 from brug.gateway.events import Event
 from brug.gateway.signalling import (
     LineSquelch,
