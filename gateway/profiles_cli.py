@@ -24,10 +24,10 @@ def _check(args: argparse.Namespace) -> int:
 def _list(args: argparse.Namespace) -> int:
     for name in list_profiles():
         p = load_profile(name)
-        extra = f", PEI {p.pei.baud} baud" if p.pei else ""
-        extra += f", codec {p.codec.name}" if p.codec else ""
-        print(f"{name:18} {p.kind:7} squelch={p.squelch.type:6} ptt={p.ptt.type:6}"
-              f"{extra}  {p.description}")
+        link = f"PEI {p.pei.baud} baud" if p.pei else (f"codec {p.codec.name}" if p.codec
+                                                       else "")
+        print(f"{name:18} {p.kind:7} squelch={p.squelch.type:6} ptt={p.ptt.type:6} "
+              f"{link:16} {p.description}")
     return 0
 
 
