@@ -315,3 +315,27 @@ def test_closing_while_keyed_unkeys_the_terminal(term: SimTerminal, pair: Pair) 
     assert wait_for(lambda: pair.ptt.granted(0))
     pair.close()
     assert "AT+CUTXC=1" in term.log and not term.transmitting
+
+
+def test_result_code_parser_never_raises_on_garbage() -> None:
+    """Any line the terminal sends is handled, ignored or counted as garbled; the parser
+    never raises (an exception would stop the link thread)."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from brug.gateway.drivers.pei import PeiConnection
+
+    conn = PeiConnection("unused", gssi=1001, name="fz")
+    tags = st.sampled_from(["+CTXG", "+CTICN", "+CTCC", "+CTOCP", "+CDTXC", "+CTCR", "+CTXI",
+                            "+CTXW", "+CTGS", "+CTX", "+C", ""])
+    fields = st.lists(st.text(alphabet="0123456789,-: +\x00\xff", max_size=12), max_size=14)
+
+    @settings(max_examples=300, deadline=None)
+    @given(tags, fields, st.booleans())
+    def check(tag: str, parts: list[str], keyed: bool) -> None:
+        conn._tx = keyed
+        handled = conn._unsolicited(f"{tag}: {','.join(parts)}")
+        assert isinstance(handled, bool)
+        assert isinstance(conn.rx_open, bool) and isinstance(conn.rx_info, str)
+
+    check()
