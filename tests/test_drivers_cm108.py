@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -118,3 +119,29 @@ def test_bad_gpio_and_input_are_config_errors() -> None:
         make_ptt("cm108", gpio=9, device=FakeHid())
     with pytest.raises(ValueError, match="input='vol_middle' is not one of"):
         make_squelch("cm108", input="vol_middle", device=FakeHid())
+
+
+def test_no_interface_plugged_in_is_a_fault_not_a_crash() -> None:
+    from brug.gateway.drivers.cm108 import find_cm108
+
+    if find_cm108() is not None:
+        pytest.skip("a C-Media device is plugged in")
+    ptt = make_ptt("cm108", name="an5")            # real hidapi enumeration
+    cor = make_squelch("cm108", name="an5")
+    ptt.open()
+    cor.open()
+    try:
+        ptt.set_tx(True)                           # returns at once, nothing to write yet
+        events: list[Any] = []
+
+        def got() -> bool:
+            events.extend(ptt.poll_events())
+            return bool(events)
+
+        assert wait_for(got)
+        assert events[0].topic == "fault.port.an5"
+        assert "no CM108/CM119" in events[0].info
+        assert cor.state(0) == (False, "cm108 unavailable")
+    finally:
+        ptt.close()
+        cor.close()
