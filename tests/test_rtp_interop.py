@@ -95,6 +95,7 @@ def test_ffmpeg_sends_pcma_to_brug_which_forwards_it_to_a_port() -> None:
     port = free_rtp_port()
     rtp = RtpPort.from_config("ops1", {"type": "rtp", "listen": f"127.0.0.1:{port}",
                                        "payload": "pcma", "ptime_ms": 20,
+                                       # ffmpeg -re paces in bursts of about 130 ms
                                        "jitter": {"min_ms": 250}})
     out = MemoryPort("be1")
     eng = Engine(EngineConfig(rate_hz=FS, block_ms=5.0, catchup_max_blocks=0))
@@ -111,7 +112,8 @@ def test_ffmpeg_sends_pcma_to_brug_which_forwards_it_to_a_port() -> None:
     th.start()
     time.sleep(0.3)
     subprocess.run(["ffmpeg", "-loglevel", "error", "-re", "-i", str(SPEECH), "-ac", "1",
-                    "-ar", "8000", "-c:a", "pcm_alaw", "-packetsize", "172", "-f", "rtp", f"rtp://127.0.0.1:{port}"],
+                    "-ar", "8000", "-c:a", "pcm_alaw", "-packetsize", "172", "-f", "rtp",
+                    f"rtp://127.0.0.1:{port}"],
                    check=True, timeout=30)
     time.sleep(1.0)
     stop.set()

@@ -33,10 +33,17 @@ def test_single_loss_is_concealed_and_late_packet_counted() -> None:
         jb.put(s, s * 160, frame(0.8), s * 0.02)
     out = [jb.get()[0] for _ in range(4)]
     assert all(f is not None for f in out)
-    assert out[2] is not None and float(out[2][0]) == pytest.approx(0.4)   # -6 dB repeat
+    assert out[2] is not None and float(np.max(np.abs(out[2]))) > 0.3   # concealed, not silence
     assert jb.stats.concealed == 1 and jb.stats.lost == 1
     jb.put(12, 12 * 160, frame(0.8), 0.3)       # arrives after its slot was played
     assert jb.stats.late == 1
+
+
+def silence_gap(jb: JitterBuffer) -> None:
+    """The talker stopped: play out what is left, then the port reports the gap."""
+    while jb.get()[0] is not None:
+        pass
+    jb.end_of_stream()
 
 
 def test_delay_grows_with_jitter_and_shrinks_in_silence() -> None:
@@ -49,13 +56,13 @@ def test_delay_grows_with_jitter_and_shrinks_in_silence() -> None:
     grown = jb.delay_ms
     assert grown > start
     for _ in range(20):
-        jb.end_of_stream()
+        silence_gap(jb)
     # the estimate stays high until a calm stream lowers it; then gaps shrink one frame each
     for s in range(200, 600):
         jb.put(s, s * 160, frame(0.1), s * 0.02)
         jb.get()
     for _ in range(20):
-        jb.end_of_stream()
+        silence_gap(jb)
     assert jb.delay_ms < grown
 
 

@@ -8,8 +8,9 @@ few dict-free operations (no allocation of audio, no I/O), so the engine thread 
 Playout delay (``target`` frames) follows the RFC 3550 A.8 interarrival jitter estimate: it grows
 at once when jitter rises or a frame arrives too late to play, and shrinks by one frame per
 silence gap (between overs) when the estimate allows, so an over is never shortened mid-stream.
-A single missing frame is concealed by repeating the previous one at -6 dB; longer gaps give
-silence and a re-buffer. Frames that arrive after their slot was played are counted as late.
+A missing frame between received ones is concealed by pitch-period repetition with a fade
+(and a cross-fade back into real audio); when the buffer runs dry, silence and a re-buffer.
+Frames that arrive after their slot was played are counted as late.
 """
 
 from __future__ import annotations
@@ -81,6 +82,9 @@ class JitterBuffer:
         self._buffered = 0
         self._last: Frame | None = None
         self._last_tag: object = None
+        self._hist = np.zeros(0, np.float32)
+        self._fade: Frame | None = None
+        self._lost_run = 0
         self._jitter = 0.0          # A.8 estimate, timestamp units
         self._transit: float | None = None
 
@@ -135,6 +139,8 @@ class JitterBuffer:
             if self._seq[i] == self._next:
                 frame, tag = self._frames[i], self._tags[i]
                 self._take(i)
+                if frame is not None:
+                    frame = self._after_real(frame)
                 self._record_delay()
                 self._last, self._last_tag = frame, tag
                 self.stats.played += 1
@@ -145,7 +151,7 @@ class JitterBuffer:
             if self._buffered and self._last is not None:
                 self._next = nxt
                 self.stats.concealed += 1
-                out = (self._last * np.float32(0.5)).astype(np.float32)
+                out = self._conceal(len(self._last))
                 self._last = out
                 return out, self._last_tag
             self.stats.lost -= 1          # not a loss: the stream stopped or ran dry
@@ -160,6 +166,8 @@ class JitterBuffer:
         """Note a silence gap (the talker stopped): shrink the delay by one frame if the
         jitter estimate allows. Called by the port when the stream has been idle."""
         with self._lock:
+            if self._buffered:          # re-buffering mid-over, not a silence gap
+                return
             want = self._wanted()
             if self.target > want:
                 self.target -= 1
@@ -191,6 +199,45 @@ class JitterBuffer:
     def delay_ms(self) -> float:
         """Current playout delay target (ms)."""
         return float(self.target * self.ptime_ms)
+
+    # ------------------------------------------------------------------ concealment
+    def _after_real(self, frame: Frame) -> Frame:
+        """Cross-fade out of a concealment into ``frame``; keep the pitch history."""
+        if self._fade is not None:
+            m = min(len(self._fade), len(frame))
+            ramp = np.linspace(0.0, 1.0, m, dtype=np.float32)
+            frame = frame.copy()
+            frame[:m] = frame[:m] * ramp + self._fade[:m] * (1.0 - ramp)
+            self._fade = None
+        self._lost_run = 0
+        self._hist = np.concatenate([self._hist, frame])[-3 * len(frame):]
+        return frame
+
+    def _conceal(self, n: int) -> Frame:
+        """Pitch-period repetition (after ITU-T G.711 Appendix I, simplified): repeat the
+        last pitch period of the history, fading out over consecutive losses."""
+        h = self._hist
+        rate = n * 1000 // self.ptime_ms
+        lo, hi = max(1, rate // 400), max(2, rate * 15 // 1000)       # 2.5 .. 15 ms
+        if len(h) < 2 * hi:
+            return np.zeros(n, np.float32)
+        ref = h[-hi:]
+        best, lag = -1.0, lo
+        for k in range(lo, hi):
+            c = h[-hi - k:-k]
+            den = float(np.dot(c, c)) * float(np.dot(ref, ref)) + 1e-12
+            v = float(np.dot(ref, c)) / den ** 0.5
+            if v > best:
+                best, lag = v, k
+        period = h[-lag:]
+        reps = np.resize(period, n + rate // 400)
+        gain0 = 0.9 ** self._lost_run
+        self._lost_run += 1
+        g = np.linspace(gain0, gain0 * 0.6, n, dtype=np.float32)
+        out = (reps[:n] * g).astype(np.float32)
+        self._fade = (reps[n:] * g[-1]).astype(np.float32)
+        self._hist = np.concatenate([h, out])[-3 * n:]
+        return out
 
     # ------------------------------------------------------------------ helpers
     def _take(self, i: int) -> None:

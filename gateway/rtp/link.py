@@ -31,6 +31,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import numpy as np
+
 from brug.gateway.events import Event
 from brug.gateway.rtp.ed137 import FEATURE_FLOOR_CLAIM, Ed137Header, FloorClaim, site_id
 from brug.gateway.rtp.packet import RtpPacket
@@ -72,6 +74,7 @@ class LinkPort(RtpPort):
         self.remote_claim: FloorClaim | None = None
         self._remote_seen = 0.0
         self._key_sample = 0
+        self._key_wall = 0.0
         self.yielded = False
         self.winner: int | None = None      # site id of the last arbitration's winner
         self.collisions = 0
@@ -94,6 +97,7 @@ class LinkPort(RtpPort):
                 self.local_claim = FloorClaim(self.priority, int(time.time() * 1000) & 0xFFFFFFFF,
                                               self.site_id)
                 self._key_sample = self.samples_read
+                self._key_wall = time.monotonic()
                 self.yielded = False
                 rc = self._active_remote(time.monotonic())
                 if rc is not None:
@@ -102,14 +106,20 @@ class LinkPort(RtpPort):
                 self.local_claim = None
                 self.yielded = False
         super().set_tx(on)
+        if on and not self.yielded:
+            # the claim leaves at once, not after the first full frame of audio
+            self._send_frame(np.zeros(self.frame, np.float32), True)
 
     def tx_granted(self) -> bool | None:
         if not self._tx_on:
             return None
         if self.yielded:
             return False
+        # both clocks must have run the window: engine samples (the engine may tick in bursts
+        # after a stall) and the wall clock (the claim travels in network time)
         window = int(self.arbitration_ms * self.engine_rate / 1000)
-        return self.samples_read - self._key_sample >= window
+        return (self.samples_read - self._key_sample >= window
+                and time.monotonic() - self._key_wall >= self.arbitration_ms / 1000)
 
     def _may_send(self) -> bool:
         return not self.yielded

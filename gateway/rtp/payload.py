@@ -8,7 +8,7 @@ segment algorithm) and Opus through ``opuslib`` (RFC 7587: 48 kHz RTP clock).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -119,8 +119,51 @@ class _Opus:
         return np.frombuffer(out, np.float32).copy()
 
 
-def make_codec(name: str, frame_samples: int, **params: object) -> FrameCodec:
-    """Frame codec for payload ``name``; ``frame_samples`` at the codec's audio rate."""
+class _Registry:
+    """A codec from the :mod:`brug.codecs` registry, fed whole packets (ptime)."""
+
+    def __init__(self, enc: Any, dec: Any) -> None:
+        self._enc = enc
+        self._dec = dec
+
+    def encode(self, pcm: Pcm) -> bytes:
+        return b"".join(self._enc.encode(pcm))
+
+    def decode(self, data: bytes) -> Pcm:
+        return np.asarray(self._dec.decode(data), np.float32)
+
+
+def _from_registry(name: str, frame_samples: int, params: dict[str, Any]) -> FrameCodec | None:
+    fmt = FORMATS[name]
+    try:
+        from brug.codecs import get_decoder, get_encoder
+        kw: dict[str, Any] = {}
+        if name in ("l16", "opus"):
+            kw["rate"] = fmt.audio_rate
+            kw["frame_ms"] = 1000 * frame_samples // fmt.audio_rate
+        if name == "opus" and "bitrate" in params:
+            kw["bitrate"] = params["bitrate"]
+        enc = get_encoder(name, **kw)
+        dec = get_decoder(name, **kw)
+    except (ImportError, ValueError, RuntimeError, TypeError):
+        return None
+    if getattr(enc, "sample_rate", None) != fmt.audio_rate or \
+            frame_samples % int(getattr(enc, "frame_samples", 0) or frame_samples + 1):
+        return None            # the registry codec cannot frame this ptime exactly
+    return _Registry(enc, dec)
+
+
+def make_codec(name: str, frame_samples: int, **params: Any) -> FrameCodec:
+    """Frame codec for payload ``name``; ``frame_samples`` (one packet) at the codec's rate.
+
+    The :mod:`brug.codecs` registry is used when its codec runs at the payload's rate and
+    frames the packet exactly; otherwise the local adapter here.
+    """
+    if name not in FORMATS:
+        raise ValueError(f"payload {name!r} is not one of: {', '.join(sorted(FORMATS))}")
+    reg = _from_registry(name, frame_samples, params)
+    if reg is not None:
+        return reg
     if name in ("pcma", "pcmu"):
         return _G711(name)
     if name == "l16":
