@@ -174,6 +174,9 @@ class Profile:
     technology: str = ""
     extends: str | None = None
     raw: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}), repr=False)
+    #: Key path -> (file, line) of every key, through the ``extends`` chain (for errors).
+    where: Mapping[str, tuple[str, int]] = field(
+        default_factory=lambda: MappingProxyType({}), repr=False, compare=False)
 
     def to_port_dict(self) -> dict[str, Any]:
         """Return the profile in the site file's port shape (a fresh, mutable dict).
@@ -445,7 +448,8 @@ def _build(raw: Mapping[str, Any], where: Where, path: Path | str,
     return Profile(name=name, kind=kind, description=desc, source=str(path), audio=audio,
                    squelch=squelch, ptt=ptt, timing=timing, filters=filters, codec=codec,
                    pei=pei, technology=tech, extends=extends if isinstance(extends, str) else None,
-                   raw=MappingProxyType(copy.deepcopy(dict(raw))))
+                   raw=MappingProxyType(copy.deepcopy(dict(raw))),
+                   where=MappingProxyType(dict(where)))
 
 
 # ---------------------------------------------------------------- site overrides
@@ -522,16 +526,9 @@ def merge_overrides(profile: Profile, overrides: Mapping[str, Any], source: str,
             raise ConfigError(source, (positions or {}).get(join_key(prefix, k), 0),
                               join_key(prefix, k),
                               f"unknown port key {k!r}; valid keys: {', '.join(valid)}")
-    # positions of the profile; then site positions for overridden keys
-    where: Where = {}
+    # where each key came from (profile files), then the site file for overridden keys
     base_src = profile.source
-    for kp in _flat_keys(profile.raw):
-        where[kp] = (base_src, 0)
-    try:
-        _, ppos = load_yaml(base_src) if Path(base_src).exists() else (None, {})
-        where.update({k: (base_src, ln) for k, ln in ppos.items()})
-    except ConfigError:
-        pass
+    where: Where = dict(profile.where)
     pos = positions or {}
     for pk, sk in keymap.items():
         where[pk] = (source, pos.get(join_key(prefix, sk), 0))
@@ -539,6 +536,8 @@ def merge_overrides(profile: Profile, overrides: Mapping[str, Any], source: str,
     try:
         return _build(raw, where, base_src)
     except ConfigError as exc:
+        if exc.path != ConfigError(source, 0, "", "").path:
+            raise            # the offending key is written in the profile: point there
         # re-express a key that came from the site file with its site key path
         for pk, sk in keymap.items():
             if exc.keypath == pk or exc.keypath.startswith(pk + "."):
@@ -549,12 +548,3 @@ def merge_overrides(profile: Profile, overrides: Mapping[str, Any], source: str,
                 raise ConfigError(source, exc.line, site_kp, msg) from None
         raise
 
-
-def _flat_keys(d: Mapping[str, Any], prefix: str = "") -> list[str]:
-    out = []
-    for k, v in d.items():
-        kp = join_key(prefix, k)
-        out.append(kp)
-        if isinstance(v, Mapping):
-            out.extend(_flat_keys(v, kp))
-    return out

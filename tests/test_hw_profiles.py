@@ -158,3 +158,16 @@ def test_merge_overrides_unknown_key(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"ports.x.devise.*valid keys"):
         merge_overrides(load_profile("vox-radio"), {"devise": "x"}, "site.yaml", {},
                         "ports.x")
+
+
+def test_merge_error_on_an_inherited_key_points_into_the_profile() -> None:
+    """Lowering open_dbfs below the profile's close_dbfs: the clash is reported where
+    close_dbfs is written (the bundled vox-radio file), with both values."""
+    with pytest.raises(ConfigError) as ei:
+        merge_overrides(load_profile("vox-radio"), {"squelch": {"open_dbfs": -50}},
+                        "site.yaml", {}, "ports.v1")
+    line = next(i for i, t in enumerate(
+        (Path(load_profile("vox-radio").source)).read_text().splitlines(), 1)
+        if "close_dbfs" in t)
+    assert ei.value.path.endswith("vox-radio.yaml") and ei.value.line == line
+    assert "close_dbfs=-42.0 must not be above squelch.open_dbfs=-50" in str(ei.value)
