@@ -113,11 +113,9 @@ class GatewayClient:
             self.reconnects += 1
 
     def close(self) -> None:
-        """Close the sockets (pending requests are dropped)."""
-        if self._sock is not None:
-            self._sock.close(0)
-            self._sock = None
-        self._zctx.term()
+        """Close every socket, event streams included (pending requests are dropped)."""
+        self._sock = None
+        self._zctx.destroy(linger=0)
 
     def __enter__(self) -> GatewayClient:
         return self

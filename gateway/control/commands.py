@@ -150,8 +150,24 @@ def command(name: str, role: str, mutating: bool, summary: str) -> Callable[[Han
 
 
 def _port(ctx: Context, body: dict[str, Any], key: str = "port") -> str:
+    """A port name that exists now (checked without waiting for a tick; the engine checks
+    again when the command is applied)."""
     name = get_str(body, key)
     assert name is not None
+    names = ctx.engine.port_names
+    if name not in names:
+        raise ProtocolError("unknown_port", f"no port named {name!r}; ports: "
+                            f"{', '.join(names) or '(none)'}")
+    return name
+
+
+def _patch(ctx: Context, body: dict[str, Any], key: str = "patch") -> str:
+    name = get_str(body, key)
+    assert name is not None
+    names = ctx.engine.patch_names()
+    if name not in names:
+        raise ProtocolError("unknown_patch", f"no patch named {name!r}; patches: "
+                            f"{', '.join(names) or '(none)'}")
     return name
 
 
@@ -248,6 +264,11 @@ def _patch_create(ctx: Context, body: dict[str, Any]) -> dict[str, Any]:
     members = get_names(body, "members")
     assert name is not None and members is not None
     mode = _mode(body, False) or "half_duplex"
+    names = ctx.engine.port_names
+    for m in members:
+        if m not in names:
+            raise ProtocolError("unknown_port", f"no port named {m!r}; ports: "
+                                f"{', '.join(names) or '(none)'}")
     prio = body.get("priorities", {}) or {}
     if not isinstance(prio, dict) or not all(
             isinstance(k, str) and type(v) is int and -1000 <= v <= 1000 for k, v in prio.items()):
@@ -260,8 +281,7 @@ def _patch_create(ctx: Context, body: dict[str, Any]) -> dict[str, Any]:
 @command("patch.delete", "technician", True, "remove a patch (its overs drain)")
 def _patch_delete(ctx: Context, body: dict[str, Any]) -> dict[str, Any]:
     check_keys(body, {"name"})
-    name = get_str(body, "name")
-    assert name is not None
+    name = _patch(ctx, body, "name")
     ctx.change(lambda e: e.delete_patch(name))
     return {"name": name}
 
@@ -269,7 +289,7 @@ def _patch_delete(ctx: Context, body: dict[str, Any]) -> dict[str, Any]:
 @command("patch.member.add", "technician", True, "add a port to a patch")
 def _member_add(ctx: Context, body: dict[str, Any]) -> dict[str, Any]:
     check_keys(body, {"patch", "port", "priority"})
-    patch, port = get_str(body, "patch"), _port(ctx, body)
+    patch, port = _patch(ctx, body), _port(ctx, body)
     prio = get_int(body, "priority", False, -1000, 1000)
     assert patch is not None
     ctx.change(lambda e: e.add_member(patch, port, prio))
@@ -279,7 +299,7 @@ def _member_add(ctx: Context, body: dict[str, Any]) -> dict[str, Any]:
 @command("patch.member.remove", "technician", True, "remove a port from a patch")
 def _member_remove(ctx: Context, body: dict[str, Any]) -> dict[str, Any]:
     check_keys(body, {"patch", "port"})
-    patch, port = get_str(body, "patch"), _port(ctx, body)
+    patch, port = _patch(ctx, body), _port(ctx, body)
     assert patch is not None
     ctx.change(lambda e: e.remove_member(patch, port))
     return {"patch": patch, "port": port}
@@ -288,7 +308,7 @@ def _member_remove(ctx: Context, body: dict[str, Any]) -> dict[str, Any]:
 @command("patch.mode.set", "technician", True, "half_duplex or full_duplex")
 def _mode_set(ctx: Context, body: dict[str, Any]) -> dict[str, Any]:
     check_keys(body, {"patch", "mode"})
-    patch, mode = get_str(body, "patch"), _mode(body, True)
+    patch, mode = _patch(ctx, body), _mode(body, True)
     assert patch is not None and mode is not None
     ctx.change(lambda e: e.set_patch_mode(patch, mode))
     return {"patch": patch, "mode": mode}
@@ -297,7 +317,7 @@ def _mode_set(ctx: Context, body: dict[str, Any]) -> dict[str, Any]:
 @command("patch.priority.set", "technician", True, "a member's pre-emption priority")
 def _prio_set(ctx: Context, body: dict[str, Any]) -> dict[str, Any]:
     check_keys(body, {"patch", "port", "priority"})
-    patch, port = get_str(body, "patch"), _port(ctx, body)
+    patch, port = _patch(ctx, body), _port(ctx, body)
     prio = get_int(body, "priority", True, -1000, 1000)
     assert patch is not None and prio is not None
     ctx.change(lambda e: e.set_priority(patch, port, prio))

@@ -101,3 +101,16 @@ class LocalGateway:
             self._thread.join(5.0)
             self._thread = None
         self._engine.stop()
+
+
+def memory_gateway(names: list[str], rate_hz: int = 16000, block_ms: float = 5.0,
+                   profiles: tuple[str, ...] = ("mem-a", "mem-b"),
+                   talkgroups: list[dict[str, Any]] | None = None) -> LocalGateway:
+    """An engine with one :class:`MemoryPort` per name (profile ``profiles[0]``, VOX squelch)
+    and ``memory_profile`` factories for every name in ``profiles``; not yet running."""
+    from brug.gateway.engine import EngineConfig
+
+    eng = Engine(EngineConfig(rate_hz=rate_hz, block_ms=block_ms))
+    for n in names:
+        eng.add_port(MemoryPort(n), PortSettings(name=n, profile=profiles[0], kind="memory"))
+    return LocalGateway(eng, {p: memory_profile(p) for p in profiles}, talkgroups)
