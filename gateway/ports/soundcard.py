@@ -1,0 +1,279 @@
+"""A gateway port on a sound card through PortAudio (python-sounddevice).
+
+Threads and data path::
+
+    PortAudio callback (real-time)        engine thread (read/write once per tick)
+    indata  --copy--> rx Ring  --------->  StreamResampler dev->engine (drift-corrected)
+                                            -> output FIFO -> exactly len(out) samples
+    outdata <--copy-- tx Ring  <---------  StreamResampler engine->dev (drift-corrected)
+    supervisor thread: watches the stream, reopens a lost device with back-off
+
+Each ring has a :class:`~brug.codecs.resample.DriftController` holding its fill at a small set
+point, so the two crystals (card and engine clock) may differ by up to ``max_ppm`` without a
+ring ever running dry or full.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections import deque
+from typing import Any
+
+import numpy as np
+
+from brug.codecs.resample import DriftController, StreamResampler
+from brug.gateway.ports.base import Block, Port
+from brug.gateway.ring import Ring
+
+#: Seconds between reopen attempts after a device is lost (the last value repeats).
+BACKOFF_S: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0, 8.0, 10.0)
+#: A running stream whose callback has not run for this long counts as lost, s.
+STALL_S = 1.0
+
+
+class SoundCardPort(Port):
+    """A port on one capture and one playback device (a duplex PortAudio stream).
+
+    Parameters
+    ----------
+    name:
+        Port name (for events and faults).
+    input_device, output_device:
+        PortAudio device names (exact, else a unique substring) or indices.
+    rate_hz:
+        Device sample rate, Hz.
+    channels:
+        Channels opened on each device; ``channel`` (0-based) carries the port's mono audio
+        (the others are ignored on capture and zero on playback).
+    blocksize:
+        Device frames per callback; default 3.33 ms (160 at 48 kHz).
+    latency:
+        Suggested PortAudio latency in seconds (or "low"/"high"); default 0.015 s. Measured on
+        the PulseAudio path (docs/soundcards.md): smaller values garble the audio.
+    rx_setpoint_ms, tx_setpoint_ms:
+        Target fill of the receive/transmit rings in ms (the added buffering).
+    max_ppm:
+        Largest drift correction, ppm.
+    quality:
+        libsamplerate converter (see :data:`brug.codecs.resample.QUALITIES`).
+    """
+
+    def __init__(self, name: str, input_device: str | int, output_device: str | int,
+                 rate_hz: int = 48000, channels: int = 1, channel: int = 0,
+                 blocksize: int | None = None, latency: float | str = 0.015,
+                 rx_setpoint_ms: float = 10.0, tx_setpoint_ms: float = 15.0,
+                 max_ppm: float = 1000.0, quality: str = "sinc_fastest") -> None:
+        super().__init__(name)
+        if not 0 <= channel < channels:
+            raise ValueError(f"port {name}: channel {channel} outside 0..{channels - 1}")
+        self.input_device = input_device
+        self.output_device = output_device
+        self.rate_hz = int(rate_hz)
+        self.channels = int(channels)
+        self.channel = int(channel)
+        self.blocksize = int(blocksize or round(self.rate_hz / 300))
+        self.latency = latency
+        self.rx_setpoint = max(1, int(round(rx_setpoint_ms * self.rate_hz / 1000)))
+        self.tx_setpoint = max(1, int(round(tx_setpoint_ms * self.rate_hz / 1000)))
+        self.max_ppm = max_ppm
+        self.quality = quality
+        cap = 1 << 15  # 0.68 s at 48 kHz: far above the set points, bounded memory
+        while cap < 16 * self.blocksize:
+            cap <<= 1
+        self.rx = Ring(cap)
+        self.tx = Ring(cap)
+        self._stream: Any = None
+        self._stopping = threading.Event()
+        self._supervisor: threading.Thread | None = None
+        self._faults: deque[tuple[str, str]] = deque(maxlen=256)
+        self._lock = threading.Lock()  # guards stream open/close (supervisor vs stop)
+        # callback counters (written by the callback thread only)
+        self.callbacks = 0
+        self.callback_failures = 0
+        self.cb_flags = 0
+        self._primed = False
+        self.engine_rate = 0
+        self.block = 0
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def start(self, engine_rate: int, block: int) -> None:
+        """Open the devices and start the supervisor. Raises ``sd.PortAudioError`` when the
+        devices cannot be opened at all (later losses are handled by the supervisor)."""
+        self.engine_rate = int(engine_rate)
+        self.block = int(block)
+        self._rs_in = StreamResampler(self.rate_hz, self.engine_rate, 1, quality=self.quality)
+        self._rs_out = StreamResampler(self.engine_rate, self.rate_hz, 1, quality=self.quality)
+        period_dev = max(1, int(round(block * self.rate_hz / engine_rate)))
+        # PulseAudio delivers in bursts of several callbacks, so the fills jitter by a few
+        # ms; a slow loop (30 s) follows real crystal drift without warping the audio.
+        self._dc_in = DriftController(self.rx_setpoint, self.rate_hz, self.max_ppm,
+                                      period_samples=period_dev, time_constant_s=30.0)
+        self._dc_out = DriftController(self.tx_setpoint, self.rate_hz, self.max_ppm,
+                                       period_samples=period_dev, time_constant_s=30.0)
+        # device samples pulled from the rx ring per resampler call (one engine block's worth)
+        self._pull = int(math.ceil(block * self.rate_hz / engine_rate))
+        self._pull_buf = np.zeros(self._pull, np.float32)
+        self._fifo = Ring(max(1024, 8 * block))   # engine-rate output FIFO (engine thread only)
+        self.latency_samples = int(round(
+            self._rs_in.delay_samples + self.rx_setpoint * engine_rate / self.rate_hz))
+        self._primed = False
+        self._tx_primed = False
+        self._stopping.clear()
+        self._open()
+        self._supervisor = threading.Thread(target=self._supervise, name=f"port-{self.name}",
+                                            daemon=True)
+        self._supervisor.start()
+
+    def stop(self) -> None:
+        """Stop the supervisor and close the stream. Idempotent."""
+        self._stopping.set()
+        if self._supervisor is not None:
+            self._supervisor.join(timeout=5)
+            self._supervisor = None
+        self._close()
+
+    # -- real-time callback ---------------------------------------------------------------
+    def _callback(self, indata: Any, outdata: Any, frames: int, time_info: Any,
+                  status: Any) -> None:
+        """PortAudio thread: copy device<->rings only; no allocation, logging or raising."""
+        try:
+            self.callbacks += 1
+            if status:
+                self.cb_flags |= status._flags
+            self.rx.write(indata[:, self.channel])
+            if self.channels > 1:
+                outdata.fill(0)
+            self.tx.read_into(outdata[:, self.channel])
+        except Exception:  # noqa: BLE001 - a raise would silently stop the stream
+            self.callback_failures += 1
+            try:
+                outdata.fill(0)
+            except Exception:  # noqa: BLE001
+                pass
+
+    # -- engine side ----------------------------------------------------------------------
+    def read(self, out: Block) -> None:
+        """Fill ``out`` with engine-rate audio (zeros and an underrun count when the device
+        has not delivered). Engine thread; never blocks."""
+        n = len(out)
+        if not self._primed:
+            if self.rx.fill < self.rx_setpoint + self._pull:
+                out[:] = 0.0
+                return
+            self._primed = True
+            self.rx.discard(self.rx.fill - self.rx_setpoint - self._pull)
+        while self._fifo.fill < n and self.rx.fill >= self._pull:
+            self.rx.read_into(self._pull_buf)
+            y = self._rs_in.process(self._pull_buf)
+            if self._fifo.write(y) < len(y):
+                self.stats.overruns += 1
+        if self._fifo.fill < n:
+            self.stats.underruns += 1
+        self._fifo.read_into(out)
+        self._rs_in.set_correction_ppm(self._dc_in.update(self.rx.fill))
+        self._sync_stats()
+
+    def write(self, block: Block) -> None:
+        """Resample one engine block to the device rate and queue it for playback."""
+        y = self._rs_out.process(block)
+        if not self._tx_primed:  # start at the set point; zeros played before do not count
+            self._tx_primed = True
+            self.tx.write_zeros(self.tx_setpoint - self.tx.fill - len(y))
+            self.tx.reset_counters()
+        self.tx.write(y)
+        self._rs_out.set_correction_ppm(self._dc_out.update(self.tx.fill))
+
+    def _sync_stats(self) -> None:
+        s = self.stats
+        s.status_flags = self.cb_flags
+        s.extra.update(device_overruns=self.rx.overruns, device_underruns=self.tx.underruns,
+                       callback_failures=self.callback_failures, rx_fill=self.rx.fill,
+                       tx_fill=self.tx.fill, rx_ppm=round(self._dc_in.ppm, 1),
+                       tx_ppm=round(self._dc_out.ppm, 1))
+
+    def poll_faults(self) -> list[tuple[str, str]]:
+        out: list[tuple[str, str]] = []
+        while self._faults:
+            out.append(self._faults.popleft())
+        return out
+
+    # -- device handling ------------------------------------------------------------------
+    def _resolve(self, dev: str | int, kind: str) -> int:
+        if isinstance(dev, int):
+            return dev
+        from brug.gateway.devices import find_device
+
+        return find_device(dev, kind)
+
+    def _open(self) -> None:
+        import sounddevice as sd
+
+        with self._lock:
+            inp = self._resolve(self.input_device, "input")
+            outp = self._resolve(self.output_device, "output")
+            stream = sd.Stream(device=(inp, outp), samplerate=self.rate_hz,
+                               blocksize=self.blocksize, channels=self.channels,
+                               dtype="float32", latency=self.latency, callback=self._callback)
+            stream.start()
+            self._stream = stream
+
+    def _close(self) -> None:
+        with self._lock:
+            stream, self._stream = self._stream, None
+        if stream is not None:
+            try:
+                stream.abort()
+            except Exception:  # noqa: BLE001 - the device may already be gone
+                pass
+            try:
+                stream.close()
+            except Exception:  # noqa: BLE001
+                pass
+
+    def _healthy(self, last_calls: int, last_change: float, failures: int) -> str | None:
+        stream = self._stream
+        if stream is None:
+            return "no stream"
+        try:
+            active = stream.active
+        except Exception as exc:  # noqa: BLE001
+            return f"stream error: {exc}"
+        if not active:
+            return "stream stopped"
+        if self.callback_failures != failures:
+            return f"callback failed {self.callback_failures - failures} times"
+        if self.callbacks == last_calls and time.monotonic() - last_change > STALL_S:
+            return f"no callback for {STALL_S:.1f} s"
+        return None
+
+    def _supervise(self) -> None:
+        last_calls = self.callbacks
+        last_change = time.monotonic()
+        failures = self.callback_failures
+        while not self._stopping.wait(0.1):
+            if self.callbacks != last_calls:
+                last_calls, last_change = self.callbacks, time.monotonic()
+            problem = self._healthy(last_calls, last_change, failures)
+            failures = self.callback_failures
+            if problem is None:
+                continue
+            self._faults.append(("device_lost", f"{self.name}: {problem}"))
+            self._close()
+            attempt = 0
+            while not self._stopping.is_set():
+                delay = BACKOFF_S[min(attempt, len(BACKOFF_S) - 1)]
+                if self._stopping.wait(delay):
+                    return
+                attempt += 1
+                try:
+                    self._open()
+                except Exception as exc:  # noqa: BLE001 - keep trying with back-off
+                    self.stats.extra["last_open_error"] = str(exc)
+                    continue
+                self.stats.reopens += 1
+                self._faults.append(("reopened", f"{self.name}: after {attempt} attempt(s)"))
+                last_calls, last_change = self.callbacks, time.monotonic()
+                failures = self.callback_failures
+                break
