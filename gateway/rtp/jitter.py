@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,7 +36,8 @@ class JitterStats:
     played: int = 0
     late: int = 0            # arrived after their playout slot
     lost: int = 0            # never arrived (gaps in the sequence at playout)
-    concealed: int = 0       # single losses repaired by repetition
+    concealed: int = 0       # losses repaired by concealment (pitch repetition or codec PLC)
+    recovered: int = 0       # losses rebuilt from the next packet's in-band FEC (Opus)
     duplicates: int = 0
     rebuffers: int = 0       # buffer ran dry mid-stream
     delay_sum_ms: float = 0.0
@@ -57,12 +59,18 @@ class JitterBuffer:
         RTP timestamp clock (Hz), for the jitter estimate.
     capacity:
         Ring size in packets, a power of two (default 64: 1.28 s at 20 ms).
+    decode, decode_lost:
+        For stateful codecs (Opus): frames are put as payload ``bytes`` and decoded in sequence
+        order at playout; ``decode_lost(next_payload_or_None, samples)`` rebuilds a lost frame
+        from the next packet's in-band FEC, or runs the codec's own concealment on ``None``.
     min_delay_ms, max_delay_ms:
         Bounds of the adaptive playout delay.
     """
 
     def __init__(self, ptime_ms: int = 20, clock_rate: int = 8000, capacity: int = 64,
-                 min_delay_ms: int = 40, max_delay_ms: int = 400) -> None:
+                 min_delay_ms: int = 40, max_delay_ms: int = 400,
+                 decode: Callable[[bytes], Frame] | None = None,
+                 decode_lost: Callable[[bytes | None, int], Frame] | None = None) -> None:
         if capacity <= 0 or capacity & (capacity - 1):
             raise ValueError(f"jitter buffer capacity {capacity} is not a power of two")
         self.ptime_ms = ptime_ms
@@ -70,12 +78,14 @@ class JitterBuffer:
         self.capacity = capacity
         self._mask = capacity - 1
         self._seq = [-1] * capacity
-        self._frames: list[Frame | None] = [None] * capacity
+        self._frames: list[Frame | bytes | None] = [None] * capacity
         self._tags: list[object] = [None] * capacity
         self.min_frames = max(1, math.ceil(min_delay_ms / ptime_ms))
         self.max_frames = min(capacity // 2, max(self.min_frames, max_delay_ms // ptime_ms))
         self.target = self.min_frames
         self.stats = JitterStats()
+        self._decode = decode
+        self._decode_lost = decode_lost
         self._lock = threading.Lock()
         self._playing = False
         self._next = 0
@@ -85,11 +95,13 @@ class JitterBuffer:
         self._hist = np.zeros(0, np.float32)
         self._fade: Frame | None = None
         self._lost_run = 0
+        self._dry_grow: int | None = None
         self._jitter = 0.0          # A.8 estimate, timestamp units
         self._transit: float | None = None
 
     # ------------------------------------------------------------------ receive thread
-    def put(self, seq: int, ts: int, frame: Frame, arrival: float, tag: object = None) -> None:
+    def put(self, seq: int, ts: int, frame: Frame | bytes, arrival: float,
+            tag: object = None) -> None:
         """Insert a decoded frame. ``arrival`` in seconds (monotonic clock); ``tag`` travels
         with the frame (the port stores the ED-137 header there)."""
         with self._lock:
@@ -100,6 +112,7 @@ class JitterBuffer:
                 d = abs(ts32_diff(int(transit) & 0xFFFFFFFF, int(self._transit) & 0xFFFFFFFF))
                 self._jitter += (d - self._jitter) / 16.0
             self._transit = transit
+            self._dry_grow = None
             if self._playing:
                 ahead = seq16_diff(seq, self._next)
                 if ahead < 0:
@@ -137,10 +150,12 @@ class JitterBuffer:
                 return None, None
             i = self._next & self._mask
             if self._seq[i] == self._next:
-                frame, tag = self._frames[i], self._tags[i]
+                item, tag = self._frames[i], self._tags[i]
                 self._take(i)
-                if frame is not None:
-                    frame = self._after_real(frame)
+                if isinstance(item, bytes):
+                    assert self._decode is not None
+                    item = self._decode(item)
+                frame = self._after_real(item) if item is not None else None
                 self._record_delay()
                 self._last, self._last_tag = frame, tag
                 self.stats.played += 1
@@ -151,13 +166,23 @@ class JitterBuffer:
             if self._buffered and self._last is not None:
                 self._next = nxt
                 self.stats.concealed += 1
-                out = self._conceal(len(self._last))
+                if self._decode_lost is not None:
+                    ni = nxt & self._mask
+                    nxt_item = self._frames[ni] if self._seq[ni] == nxt else None
+                    fec = nxt_item if isinstance(nxt_item, bytes) else None
+                    out = self._decode_lost(fec, len(self._last)).astype(np.float32)
+                    if fec is not None:
+                        self.stats.recovered += 1
+                        self.stats.concealed -= 1
+                else:
+                    out = self._conceal(len(self._last))
                 self._last = out
                 return out, self._last_tag
             self.stats.lost -= 1          # not a loss: the stream stopped or ran dry
             self._playing = False
-            if self._last is not None:      # ran dry mid-stream: re-buffer deeper
+            if self._last is not None:      # ran dry: re-buffer deeper (undone at stream end)
                 self.stats.rebuffers += 1
+                self._dry_grow = min(2, self.max_frames - self.target)
                 self._grow(2)
             self._last = None
             return None, None
@@ -168,6 +193,10 @@ class JitterBuffer:
         with self._lock:
             if self._buffered:          # re-buffering mid-over, not a silence gap
                 return
+            if self._dry_grow is not None:  # the last "dry" buffer was the end of the over
+                self.stats.rebuffers -= 1
+                self.target -= self._dry_grow
+                self._dry_grow = None
             want = self._wanted()
             if self.target > want:
                 self.target -= 1

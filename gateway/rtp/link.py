@@ -55,7 +55,8 @@ class LinkPort(RtpPort):
         Time (ms) a new over is held back while the claim crosses the link; must exceed the
         one-way delay plus the clock offset between sites.
     **kw:
-        As :class:`~brug.gateway.rtp.port.RtpPort` (``ed137`` is always on).
+        As :class:`~brug.gateway.rtp.port.RtpPort` (``ed137`` is always on; the site file's
+        default payload for links is ``opus`` with in-band FEC).
     """
 
     def __init__(self, name: str, listen: tuple[str, int], send: tuple[str, int] | None,
@@ -82,6 +83,8 @@ class LinkPort(RtpPort):
     @classmethod
     def from_config(cls, name: str, cfg: dict[str, Any]) -> LinkPort:
         kw = cls._kwargs(name, cfg)
+        if "payload" not in cfg:
+            kw["payload"] = "opus"     # in-band FEC rides out single losses on a WAN link
         for k in ("priority",):
             if k in cfg:
                 kw[k] = int(cfg[k])

@@ -102,13 +102,23 @@ class _L16:
 
 
 class _Opus:
-    def __init__(self, frame_samples: int, bitrate: int = 32000) -> None:
+    """Opus at 48 kHz (RFC 7587 clock) with in-band FEC: each packet also carries a coarse copy
+    of the previous frame, so a single lost packet is rebuilt from the next one."""
+
+    def __init__(self, frame_samples: int, bitrate: int = 32000, fec: bool = True) -> None:
         import opuslib
+        import opuslib.api.ctl as ctl
+        import opuslib.api.decoder as opus_dec
+        import opuslib.api.encoder as opus_enc
 
         self._frame = frame_samples
         self._enc = opuslib.Encoder(48000, 1, opuslib.APPLICATION_VOIP)
-        self._enc.bitrate = bitrate
+        opus_enc.encoder_ctl(self._enc.encoder_state, ctl.set_bitrate, int(bitrate))
+        if fec:
+            opus_enc.encoder_ctl(self._enc.encoder_state, ctl.set_inband_fec, 1)
+            opus_enc.encoder_ctl(self._enc.encoder_state, ctl.set_packet_loss_perc, 10)
         self._dec = opuslib.Decoder(48000, 1)
+        self._api_dec = opus_dec
 
     def encode(self, pcm: Pcm) -> bytes:
         return bytes(self._enc.encode_float(np.ascontiguousarray(pcm, np.float32).tobytes(),
@@ -116,6 +126,14 @@ class _Opus:
 
     def decode(self, data: bytes) -> Pcm:
         out = self._dec.decode_float(data, 5760)
+        return np.frombuffer(out, np.float32).copy()
+
+    def decode_lost(self, next_payload: bytes | None, samples: int) -> Pcm:
+        """Rebuild a lost frame from ``next_payload``'s FEC, or Opus PLC when ``None``."""
+        if next_payload is not None:
+            out = self._dec.decode_float(next_payload, samples, decode_fec=True)
+        else:
+            out = self._api_dec.decode_float(self._dec.decoder_state, None, 0, samples, 0, 1)
         return np.frombuffer(out, np.float32).copy()
 
 
@@ -161,7 +179,8 @@ def make_codec(name: str, frame_samples: int, **params: Any) -> FrameCodec:
     """
     if name not in FORMATS:
         raise ValueError(f"payload {name!r} is not one of: {', '.join(sorted(FORMATS))}")
-    reg = _from_registry(name, frame_samples, params)
+    # Opus stays local: the link needs in-band FEC and decode-at-playout (``decode_lost``)
+    reg = None if name == "opus" else _from_registry(name, frame_samples, params)
     if reg is not None:
         return reg
     if name in ("pcma", "pcmu"):

@@ -115,7 +115,12 @@ class RtpPort(Port):
         self.ts_step = self.fmt.clock_rate * ptime_ms // 1000
         self._codec_tx = make_codec(payload, self.frame, bitrate=bitrate)
         self._codec_rx = make_codec(payload, self.frame, bitrate=bitrate)
-        self.jb = JitterBuffer(ptime_ms, self.fmt.clock_rate, 64, jitter_min_ms, jitter_max_ms)
+        # stateful codecs with loss recovery (Opus) decode in order at playout
+        lost = getattr(self._codec_rx, "decode_lost", None)
+        self._decode_at_playout = lost is not None
+        self.jb = JitterBuffer(ptime_ms, self.fmt.clock_rate, 64, jitter_min_ms, jitter_max_ms,
+                               decode=self._codec_rx.decode if lost is not None else None,
+                               decode_lost=lost)
         self.rtcp_interval_s = rtcp_interval_s
         self.ttl = ttl
         self.ssrc = struct.unpack("!I", os.urandom(4))[0]
@@ -274,8 +279,13 @@ class RtpPort(Port):
         if st is None or st.ssrc != pkt.ssrc:
             st = self.rx_stats = ReceptionStats(pkt.ssrc)
         st.update(pkt.sequence_number, pkt.timestamp, int(now * self.fmt.clock_rate))
-        pcm = self._codec_rx.decode(pkt.payload) if pkt.payload else \
-            np.zeros(self.frame, np.float32)
+        pcm: Block | bytes
+        if not pkt.payload:
+            pcm = np.zeros(self.frame, np.float32)
+        elif self._decode_at_playout:
+            pcm = pkt.payload
+        else:
+            pcm = self._codec_rx.decode(pkt.payload)
         self.jb.put(pkt.sequence_number, pkt.timestamp, pcm, now, hdr)
 
     def _accept(self, pkt: RtpPacket, hdr: Ed137Header | None, now: float) -> bool:
