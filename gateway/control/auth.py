@@ -78,8 +78,17 @@ def new_client_key(keys_dir: Path, name: str, role: str) -> tuple[Path, Path]:
     pub_file, sec_file = keys_dir / f"{name}.key", keys_dir / f"{name}.key_secret"
     if pub_file.exists() or sec_file.exists():
         raise KeyError_(f"{pub_file}: key {name!r} exists already")
-    zmq.auth.create_certificates(str(keys_dir), name, metadata={"role": role})
+    zmq.auth.create_certificates(str(keys_dir), name)
     os.chmod(sec_file, 0o600)
+    # the role lives in the public certificate's metadata section (ZPL, as zmq.auth reads it)
+    text = pub_file.read_text("utf-8")
+    if "metadata\n" in text:
+        text = text.replace("metadata\n", f'metadata\n    role = "{role}"\n', 1)
+    else:
+        text += f'metadata\n    role = "{role}"\n'
+    tmp = pub_file.with_suffix(".key.tmp")
+    tmp.write_text(text, "utf-8")
+    os.replace(tmp, pub_file)
     return pub_file, sec_file
 
 
