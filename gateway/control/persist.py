@@ -78,7 +78,8 @@ def load_state(path: Path) -> dict[str, Any] | None:
 
 
 def restore_state(path: Path, gateway: GatewayLike) -> list[str]:
-    """Apply a saved state to ``gateway.engine``; call it before the engine's first tick.
+    """Apply a saved state to ``gateway.engine``; call it before the engine's first tick (or
+    on the engine thread through ``Engine.submit`` when it already runs).
 
     Ports keep the site file's devices but get their saved profile (rebuilt through
     ``gateway.build_port``), talkgroup record, gains and mutes; the saved patches replace the
@@ -106,6 +107,8 @@ def restore_state(path: Path, gateway: GatewayLike) -> list[str]:
             prof = p.get("profile")
             if prof and prof != eng.port_settings(name).profile:
                 b = gateway.build_port(name, prof)
+                if eng.running:     # restored between ticks of a running engine
+                    b.port.start(eng.rate, eng.block)
                 eng.replace_port(name, b.port, b.settings, b.squelch, b.ptt, start=False)
             eng.set_gain(name, rx_db=float(p.get("rx_gain_db", 0.0)),
                          tx_db=float(p.get("tx_gain_db", 0.0)))

@@ -328,6 +328,10 @@ class ControlServer:
             self._ctx.term()
             self._ctx = None
 
+    def close(self) -> None:
+        """Same as :meth:`stop`."""
+        self.stop()
+
     def __enter__(self) -> ControlServer:
         self.start()
         return self
@@ -509,3 +513,13 @@ class ControlServer:
                 "seq": self.publisher.seq, "dropped": self.publisher.dropped,
                 "zap_accepted": self.zap.accepted, "zap_refused": self.zap.refused}
 
+
+
+def serve_gateway(gateway: Any) -> ControlServer | None:
+    """Restore saved state and start the control plane of a service ``Gateway`` (the call
+    ``brug run`` makes). Better called before ``gateway.start()`` so the restore happens
+    before the first tick; when the engine already runs, the restore is applied between two
+    ticks instead. Returns ``None`` when the ``control:`` section says ``enabled: false``."""
+    from brug.gateway.control.service_adapter import open_control
+
+    return open_control(gateway)

@@ -158,7 +158,12 @@ def open_control(gateway: Gateway, start: bool = True) -> ControlServer | None:
     settings = ControlSettings.from_mapping(section, base=base)
     adapter = ServiceGateway(gateway)
     if settings.state_file is not None:
-        for w in restore_state(settings.state_file, adapter):
+        path = settings.state_file
+        if gateway.engine.running:     # already ticking: restore between two ticks
+            warnings = gateway.engine.submit(lambda e: restore_state(path, adapter)).result(10.0)
+        else:
+            warnings = restore_state(path, adapter)
+        for w in warnings:
             log.warning("%s", w)
     srv = ControlServer(adapter, settings)
     if start:
