@@ -16,6 +16,8 @@ from collections.abc import Sequence
 #: Modules that provide sub-commands, in the order ``brug --help`` lists them.
 COMMAND_MODULES: list[str] = [
     "brug.gateway.run",
+    "brug.gateway.control.ctl",
+    "brug.gateway.demo",
     "brug.gateway.profiles_cli",
     "brug.gateway.sim",
     "brug.gateway.soundcards",
@@ -50,6 +52,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(func(args) or 0)
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:          # `brug profiles list | head`
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except Exception as exc:  # noqa: BLE001 - user errors become one line, bugs still raise
         if getattr(exc, "user_error", False) or isinstance(exc, FileNotFoundError):
             print(f"brug: error: {exc}", file=sys.stderr)
