@@ -39,6 +39,8 @@ SYSTEM_ALSA_CONF = ("/usr/share/alsa/alsa.conf", "/etc/alsa/alsa.conf")
 
 #: Silent source feeding the keep-alive loopbacks (see :meth:`SoundCards.up`).
 SILENCE_SOURCE = "brug_silence"
+#: Default sink of the server, so no stream ever lands on a card by default.
+NOWHERE_SINK = "brug_nowhere"
 #: Latency the keep-alive loopbacks ask for, ms: the block size the null sinks render in.
 KEEPALIVE_LATENCY_MS = 5
 #: Wait after creating sinks until their first (2 s) block has passed, s.
@@ -219,7 +221,7 @@ class SoundCards:
             return None
 
     def down(self, timeout_s: float = 5.0) -> None:
-        """Stop the server (all cards go with it) and remove the environment file. Idempotent."""
+        """Stop the server (all cards go with it) and remove the env file. Idempotent."""
         pid = self._pid()
         if pid is not None:
             try:
@@ -239,8 +241,9 @@ class SoundCards:
                     os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
-        for p in (self.env_path, self.asound_path):
-            p.unlink(missing_ok=True)
+        # the ALSA config stays: a process may still name it in ALSA_CONFIG_PATH (a missing
+        # file there breaks every ALSA open); its PCMs just fail to connect now
+        self.env_path.unlink(missing_ok=True)
 
     # -- cards ----------------------------------------------------------------------------
     def _sinks(self) -> dict[str, str]:
@@ -293,6 +296,12 @@ class SoundCards:
         if SILENCE_SOURCE not in self._sources():
             self._pactl("load-module", "module-null-source", f"source_name={SILENCE_SOURCE}",
                         f"rate={rate}", "channels=1", "format=float32le")
+            self._pactl("set-default-source", SILENCE_SOURCE)
+        if NOWHERE_SINK not in sinks:
+            # default sink: where PulseAudio moves streams of a removed card (never a card)
+            self._pactl("load-module", "module-null-sink", f"sink_name={NOWHERE_SINK}",
+                        f"rate={rate}", "channels=1", "format=float32le")
+            self._pactl("set-default-sink", NOWHERE_SINK)
         for n in names:
             c = CardNames(n)
             for sink in (c.rx_sink, c.tx_sink):
@@ -318,9 +327,33 @@ class SoundCards:
         """Unload the two sinks of one card (its devices vanish: streams on them fail).
         Used to drill device loss; ``up([name])`` brings it back."""
         c = CardNames(name)
+        # PulseAudio rescues the streams of an unloaded sink onto the default sink (a silent
+        # one here); kill them there, so their ALSA PCMs fail as an unplugged card would.
+        streams = self._client_streams(name)
         for sink in (c.rx_sink, c.tx_sink):
             for mod in reversed(self._modules(sink)):
                 self._pactl("unload-module", mod, check=False)
+        for verb, idx in streams:
+            self._pactl(verb, idx, check=False)
+
+    def _client_streams(self, name: str) -> list[tuple[str, str]]:
+        """(pactl kill verb, index) of the client streams (not the keep-alives) on a card."""
+        c = CardNames(name)
+        index = {s: i for s, i in self._sinks().items()}
+        srcs = self._pactl("list", "short", "sources").stdout.splitlines()
+        src_index = {p[1]: p[0] for p in (line.split("\t") for line in srcs) if len(p) >= 2}
+        sinks = {index.get(c.rx_sink), index.get(c.tx_sink)} - {None}
+        monitors = {src_index.get(c.rx_sink + ".monitor"),
+                    src_index.get(c.tx_sink + ".monitor")} - {None}
+        found: list[tuple[str, str]] = []
+        for kind, targets in (("sink-inputs", sinks), ("source-outputs", monitors)):
+            for line in self._pactl("list", "short", kind).stdout.splitlines():
+                p = line.split("\t")
+                # columns: index, sink/source index, client index ('-' for modules), driver
+                if len(p) >= 3 and p[1] in targets and p[2] != "-":
+                    verb = "kill-sink-input" if kind == "sink-inputs" else "kill-source-output"
+                    found.append((verb, p[0]))
+        return found
 
     def write_config(self) -> None:
         """Write the ALSA PCMs for every card on the server and the env file."""

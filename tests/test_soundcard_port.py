@@ -11,7 +11,7 @@ import time
 import numpy as np
 import sounddevice as sd
 from conftest import VirtualCards
-from helpers import dropouts, load_wav, xcorr_delay, xcorr_peak
+from helpers import dropouts, load_wav, tone, xcorr_delay, xcorr_peak
 
 from brug.gateway.ports.soundcard import SoundCardPort
 
@@ -120,3 +120,48 @@ def test_port_wire_passes_speech_with_low_latency(soundcards: VirtualCards) -> N
     # a late engine tick on a loaded machine may starve one callback now and then (counted)
     assert port.stats.underruns == 0 and port.tx.underruns <= 10
     assert port_ms - direct_ms < 60.0
+
+
+def test_lost_device_is_reopened_while_other_port_flows(soundcards: VirtualCards) -> None:
+    import os
+    import tempfile
+    from pathlib import Path
+
+    from brug.gateway.soundcards import SoundCards, refresh_portaudio
+
+    b = soundcards.up("lb")["lb"]
+    # port A's card lives on a second private server that the test stops and restarts,
+    # as a USB card is unplugged and plugged back; port B stays on the session server
+    other = SoundCards(Path(tempfile.mkdtemp(prefix="brug-pa2-")))
+    saved = os.environ["ALSA_CONFIG_PATH"]
+    try:
+        a = other.up(["la"])["la"]
+        os.environ["ALSA_CONFIG_PATH"] = f"{saved}:{other.asound_path}"
+        refresh_portaudio()
+        pa = SoundCardPort("la", a.input, a.output, rate_hz=FS)
+        pb = SoundCardPort("lb", b.input, b.output, rate_hz=FS)
+        with Wire(pa, pb) as wire:
+            time.sleep(0.5)
+            other.down()                 # port A's device vanishes
+            x = np.concatenate([np.zeros(FS // 5, np.float32), tone(1000, FS, 1.0, -12)])
+            y = playrec(b.air_rx, b.air_tx, x)   # B keeps passing audio meanwhile
+            calls_b = pb.callbacks
+            other.up(["la"])             # the card comes back
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline and pa.stats.reopens == 0:
+                time.sleep(0.1)
+            calls_a = pa.callbacks
+            time.sleep(0.5)
+            kinds_a = [k for k, _ in wire.faults if _.startswith("la:")]
+            faults_b = [f for f in wire.faults if f[1].startswith("lb:")]
+            assert pa.callbacks > calls_a + 50, "port A does not run after the reopen"
+            assert pb.callbacks > calls_b
+        print(f"\nfaults: {wire.faults}; B stats {pb.stats.as_dict()}")
+        assert kinds_a[:1] == ["device_lost"] and "reopened" in kinds_a
+        assert pa.stats.reopens >= 1
+        assert faults_b == []
+        lag = xcorr_delay(x, y, FS, max_delay_s=0.5)
+        assert xcorr_peak(x, y, lag) > 0.95
+    finally:
+        other.down()
+        os.environ["ALSA_CONFIG_PATH"] = saved
