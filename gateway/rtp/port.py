@@ -20,8 +20,8 @@ import time
 from typing import Any
 
 import numpy as np
-import soxr
 
+from brug.codecs.resample import StreamResampler
 from brug.gateway.events import Event
 from brug.gateway.ports.base import Block, Port
 from brug.gateway.rtp.ed137 import ED137_PROFILE, Ed137Header, FloorClaim, PttType
@@ -91,13 +91,15 @@ class RtpPort(Port):
         Seconds between RTCP reports.
     ttl:
         Multicast TTL for sending.
+    interface:
+        Local IPv4 address of the interface for multicast (join and send); default any.
     """
 
     def __init__(self, name: str, listen: tuple[str, int], send: tuple[str, int] | None,
                  payload: str = "pcma", ptime_ms: int = 20, pt: int | None = None,
                  ed137: bool = False, ptt_id: int = 1, jitter_min_ms: int = 40,
                  jitter_max_ms: int = 400, rtcp_interval_s: float = 5.0, ttl: int = 8,
-                 bitrate: int = 32000) -> None:
+                 bitrate: int = 32000, interface: str = "0.0.0.0") -> None:
         super().__init__(name)
         if payload not in FORMATS:
             raise RtpConfigError(f"payload={payload!r} is not one of: {', '.join(FORMATS)}")
@@ -123,6 +125,7 @@ class RtpPort(Port):
                                decode_lost=lost)
         self.rtcp_interval_s = rtcp_interval_s
         self.ttl = ttl
+        self.interface = interface
         self.ssrc = struct.unpack("!I", os.urandom(4))[0]
         self._seq = struct.unpack("!H", os.urandom(2))[0]
         self._ts0 = struct.unpack("!I", os.urandom(4))[0]
@@ -166,7 +169,8 @@ class RtpPort(Port):
     def _kwargs(name: str, cfg: dict[str, Any]) -> dict[str, Any]:
         known = {"type", "listen", "send", "payload", "ptime_ms", "pt", "ed137", "ptt_id",
                  "jitter", "squelch", "ptt", "network", "talkgroup", "rtcp_interval_s", "ttl",
-                 "bitrate", "site", "priority", "arbitration_ms", "rx_gain_db", "tx_gain_db"}
+                 "bitrate", "interface", "site", "priority", "arbitration_ms", "rx_gain_db",
+                 "tx_gain_db"}
         for k in cfg:
             if k not in known:
                 raise RtpConfigError(f"ports.{name}.{k}: unknown key (valid: "
@@ -179,6 +183,8 @@ class RtpPort(Port):
             "payload": str(cfg.get("payload", "pcma")).lower(),
             "ptime_ms": int(cfg.get("ptime_ms", 20)),
         }
+        if "interface" in cfg:
+            kw["interface"] = str(cfg["interface"])
         for k in ("pt", "ptt_id", "ttl", "bitrate"):
             if k in cfg:
                 kw[k] = int(cfg[k])
@@ -199,10 +205,10 @@ class RtpPort(Port):
             return
         self.engine_rate = engine_rate
         self.block = block
-        self._rs_in = soxr.ResampleStream(self.fmt.audio_rate, engine_rate, 1, dtype="float32",
-                                          quality="HQ")
-        self._rs_out = soxr.ResampleStream(engine_rate, self.fmt.audio_rate, 1, dtype="float32",
-                                           quality="HQ")
+        # primed streaming resamplers: about len(x) * ratio out per call, a few ms of delay,
+        # so the end of an over is not held back inside the converter at PTT release
+        self._rs_in = StreamResampler(self.fmt.audio_rate, engine_rate)
+        self._rs_out = StreamResampler(engine_rate, self.fmt.audio_rate)
         host, port = self.listen
         multicast = ipaddress.ip_address(host if host else "0.0.0.0").is_multicast
         self._sock = self._open(host, port, multicast)
@@ -221,11 +227,13 @@ class RtpPort(Port):
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.bind(("" if multicast else host, port))
         if multicast:
-            mreq = struct.pack("4s4s", socket.inet_aton(host), socket.inet_aton("0.0.0.0"))
+            mreq = struct.pack("4s4s", socket.inet_aton(host), socket.inet_aton(self.interface))
             s.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, mreq)
         if self.send_addr and ipaddress.ip_address(self.send_addr[0]).is_multicast:
             s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, self.ttl)
             s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 1)
+            s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF,
+                         socket.inet_aton(self.interface))
         s.setblocking(False)
         return s
 
@@ -340,7 +348,7 @@ class RtpPort(Port):
                 self.rx_active = True
                 self.last_audio_sample = self.samples_read + len(self._rx_fifo)
                 self.rx_ed137 = tag if isinstance(tag, Ed137Header) else None
-            y = self._rs_in.resample_chunk(frame.astype(np.float32, copy=False))
+            y = self._rs_in.process(frame.astype(np.float32, copy=False))
             self._rx_fifo = np.concatenate([self._rx_fifo, y])
         out[:] = self._rx_fifo[:n]
         self._rx_fifo = self._rx_fifo[n:]
@@ -386,7 +394,7 @@ class RtpPort(Port):
     def write(self, block: Block) -> None:
         """Encode and send while keyed; otherwise only advance the timestamp clock."""
         if self._tx_on and self._may_send():
-            y = self._rs_out.resample_chunk(block.astype(np.float32, copy=False))
+            y = self._rs_out.process(block.astype(np.float32, copy=False))
             self._tx_fifo = np.concatenate([self._tx_fifo, y])
             while len(self._tx_fifo) >= self.frame:
                 self._send_frame(self._tx_fifo[:self.frame], True)
