@@ -159,6 +159,9 @@ class _Port:
     cor_since: int = 0
     cor_closed: int = 0
     cor_info: str = ""
+    line_raw: bool = False
+    line_raw_t: int = 0
+    line_info: str = ""
     # transmit side
     keyed: bool = False
     key_t: int = 0
@@ -600,9 +603,7 @@ class Engine:
                 self._cor_edge(ports[e.port], e.open, e.t, f"vox {e.level_dbfs:.0f} dBFS")
             for p in ports:
                 if p.squelch is not None and p.settings.squelch.type != "vox":
-                    is_open, info = p.squelch.state(t)
-                    if is_open != p.cor:
-                        self._cor_edge(p, is_open, t, info)
+                    self._line_cor(p, t)
             if self.ticks % 10 == 0:
                 self._poll_drivers(ports)
         # 3 floor
@@ -663,6 +664,18 @@ class Engine:
             p.cor_closed = t
         masked = not self._effective_cor(p, self.t) if is_open else False
         self._emit(f"port.{p.name}.cor", {"open": is_open, "masked": masked}, info, t=t)
+
+    def _line_cor(self, p: _Port, t: int) -> None:
+        """Debounce a line/driver COR: open after ``attack_ms``, close after ``hang_ms``."""
+        assert p.squelch is not None
+        is_open, info = p.squelch.state(t)
+        if is_open != p.line_raw:
+            p.line_raw, p.line_raw_t, p.line_info = is_open, t, info
+        if p.line_raw != p.cor:
+            sq = p.settings.squelch
+            wait = self.config.ms(sq.attack_ms if p.line_raw else sq.hang_ms)
+            if t - p.line_raw_t >= wait:
+                self._cor_edge(p, p.line_raw, p.line_raw_t + wait, p.line_info)
 
     def _poll_drivers(self, ports: list[_Port]) -> None:
         for p in ports:

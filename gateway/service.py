@@ -35,7 +35,7 @@ def _device_names(kind: str) -> list[str]:
     import sounddevice as sd
 
     key = "max_input_channels" if kind == "input" else "max_output_channels"
-    return [str(d["name"]) for d in sd.query_devices() if int(d[key]) > 0]  # type: ignore[union-attr]
+    return [str(d["name"]) for d in sd.query_devices() if int(d[key]) > 0]
 
 
 def resolve_device(site: SiteConfig, spec: PortSpec, kind: str) -> str:
@@ -73,6 +73,8 @@ def driver_params(spec: PortSpec, which: str) -> dict[str, Any]:
         params.setdefault("pei", dict(spec.pei))
     if spec.settings.talkgroup:
         params.setdefault("talkgroup", spec.settings.talkgroup)
+    if spec.settings.network:
+        params.setdefault("network", spec.settings.network)
     return params
 
 

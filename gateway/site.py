@@ -35,6 +35,9 @@ REFERENCE_DBFS = -18.0
 
 PORT_KINDS = ("soundcard", "rtp", "link", "memory")
 _SQUELCH_KEYS = ("type", "open_dbfs", "close_dbfs", "attack_ms", "hang_ms")
+#: COR types that carry call-control state rather than an audio-derived line: never masked
+#: while transmitting, so a network pre-emption is seen.
+CALL_CONTROL_COR = ("pei", "ed137")
 _PTT_KEYS = ("type", "lead_ms", "hang_ms", "tot_s", "guard_ms", "grant_timeout_ms")
 _PORT_KEYS = ("type", "profile", "device", "rate_hz", "channels", "channel", "network",
               "talkgroup", "squelch", "ptt", "rx_gain_db", "tx_gain_db", "rx_level_dbfs",
@@ -210,6 +213,9 @@ def _port(ctx: _Ctx, name: str, raw: Mapping[str, Any]) -> PortSpec:
     sq_num = {k: float(ctx.number(f"{key}.squelch.{k}", sq_raw[k], -120 if "dbfs" in k else 0,
                                   0 if "dbfs" in k else 60000))
               for k in _SQUELCH_KEYS[1:] if k in sq_raw}
+    if sq_type != "vox":        # a line or call state is clean: no debounce unless asked for
+        sq_num.setdefault("attack_ms", 0.0)
+        sq_num.setdefault("hang_ms", 0.0)
     if sq_num.get("close_dbfs", -46.0) > sq_num.get("open_dbfs", -40.0):
         raise ctx.err(f"{key}.squelch.close_dbfs", "must not be above squelch.open_dbfs "
                       "(hysteresis: close below open)")
@@ -231,8 +237,10 @@ def _port(ctx: _Ctx, name: str, raw: Mapping[str, Any]) -> PortSpec:
     settings = PortSettings(
         name=name, network=str(d.get("network", "")), talkgroup=str(d.get("talkgroup", "")),
         squelch=SquelchSettings(type=sq_type, **sq_num,
+                                mask_while_tx=bool(sq_raw.get("mask_while_tx",
+                                                              sq_type not in CALL_CONTROL_COR)),
                                 params={k: v for k, v in sq_raw.items()
-                                        if k not in _SQUELCH_KEYS}),
+                                        if k not in (*_SQUELCH_KEYS, "mask_while_tx")}),
         ptt=PttSettings(type=ptt_type, **ptt_num,
                         params={k: v for k, v in ptt_raw.items() if k not in _PTT_KEYS}),
         rx_gain_db=rx_gain, tx_gain_db=tx_gain,

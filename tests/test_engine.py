@@ -72,7 +72,8 @@ class Rig:
         port = MemoryPort(name)
         ptt = NoPtt()
         self.ports[name], self.ptts[name] = port, ptt
-        sq = SquelchSettings(type="schedule" if squelch else "vox", mask_while_tx=mask)
+        sq = SquelchSettings(type="schedule", attack_ms=0, hang_ms=0, mask_while_tx=mask) \
+            if squelch else SquelchSettings(type="vox")
         self.engine.add_port(port, PortSettings(name, squelch=sq, ptt=PttSettings(
             lead_ms=lead_ms, hang_ms=200, tot_s=tot_s)), squelch=squelch, ptt=ptt)
 
@@ -281,3 +282,16 @@ def test_bench_engine_tick(benchmark: pytest.FixtureRequest, n_ports: int) -> No
     eng.run_offline(40)
     benchmark(eng.tick)
     assert eng.snapshot()["patches"]["ALL"]["holder"] == "p0"
+
+
+def test_line_cor_is_debounced_by_attack_and_hang() -> None:
+    # a 3 ms glitch never opens; a real key-up opens after 20 ms and closes 100 ms after release
+    sq = ScheduledSquelch([(1600, 1648), (8000, 24000)])
+    eng = Engine(EngineConfig())
+    events: list[Event] = []
+    eng.events.subscribe(events.extend)
+    eng.add_port(MemoryPort("a"), PortSettings("a", squelch=SquelchSettings(
+        type="schedule", attack_ms=20, hang_ms=100)), squelch=sq)
+    eng.run_offline(int(2 * FS) // eng.block)
+    cor = [(e.t, e.data["open"]) for e in events if e.topic == "port.a.cor"]
+    assert cor == [(8000 + 320, True), (24000 + 1600, False)]
