@@ -205,7 +205,9 @@ def test_site_file_errors_name_the_field() -> None:
     with pytest.raises(RtpConfigError, match=r"ports.ops1.bogus: unknown key"):
         RtpPort.from_config("ops1", {"listen": "127.0.0.1:4000", "bogus": 1})
     with pytest.raises(SignallingConfigError, match="only on a port of type rtp or link"):
-        make_squelch("stream", hang_ms=300)
+        make_squelch("stream", port=object(), hang_ms=300)
+    assert make_squelch("stream", hang_ms=300).state(0) == (
+        False, "not bound to a port of type rtp or link")
     assert RtpConfigError.user_error
 
 
@@ -214,3 +216,47 @@ def test_ssrc_differs_between_ports() -> None:
     b = RtpPort("b", ("127.0.0.1", 0), None)
     assert a.ssrc != b.ssrc
     assert struct.calcsize("!I") == 4
+
+
+def test_site_file_rtp_ports_through_the_gateway() -> None:
+    """A site file with two RTP ports (PCMA console in, PCMU console out) patched together:
+    the lead's loader builds them with from_config and bind_drivers; audio crosses."""
+    from brug.gateway.service import Gateway
+    from brug.gateway.site import parse_site_text
+
+    def free() -> int:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.bind(("127.0.0.1", 0))
+            return int(s.getsockname()[1])
+
+    p_ops1, p_ops2 = free(), free()
+    src = RtpPort("console-a", ("127.0.0.1", 0), ("127.0.0.1", p_ops1), payload="pcma")
+    dst = RtpPort("console-b", ("127.0.0.1", 0), None, payload="pcmu")
+    src.start(FS, BLOCK)
+    dst.start(FS, BLOCK)
+    site = parse_site_text(f"""
+engine: {{rate_hz: 16000, block_ms: 5}}
+ports:
+  ops1: {{type: rtp, listen: "127.0.0.1:{p_ops1}", send: "127.0.0.1:{src.local_addr[1]}",
+         payload: pcma, ptime_ms: 20, squelch: {{type: stream, hang_ms: 300}}, ptt: {{type: rtp}},
+         network: console, talkgroup: DISP}}
+  ops2: {{type: rtp, listen: "127.0.0.1:{p_ops2}", send: "127.0.0.1:{dst.local_addr[1]}",
+         payload: pcmu, squelch: {{type: stream, hang_ms: 300}}, network: console2,
+         talkgroup: DISP2}}
+patches:
+  P: {{members: [ops1, ops2]}}
+""")
+    gw = Gateway(site)
+    gw.start()
+    try:
+        time.sleep(0.2)
+        src.set_tx(True)
+        y = duplex(src, dst, np.concatenate([tone(600.0, FS), np.zeros(FS, np.float32)]))
+    finally:
+        gw.stop()
+        src.stop()
+        dst.stop()
+    win = np.sqrt(np.mean(y[: len(y) // 320 * 320].reshape(-1, 320) ** 2, axis=1))
+    assert int(np.sum(win > 0.05)) >= 45          # about 1 s of the tone came out of ops2
+    spec = np.abs(np.fft.rfft(y))
+    assert abs(np.argmax(spec) * FS / len(y) - 600.0) < 5.0

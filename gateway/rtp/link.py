@@ -37,6 +37,7 @@ from brug.gateway.events import Event
 from brug.gateway.rtp.ed137 import FEATURE_FLOOR_CLAIM, Ed137Header, FloorClaim, site_id
 from brug.gateway.rtp.packet import RtpPacket
 from brug.gateway.rtp.port import RtpConfigError, RtpPort
+from brug.gateway.signalling import LineSquelch, Ptt
 
 #: A remote claim counts as active while its packets keep arriving within this time (s).
 CLAIM_TIMEOUT_S = 0.3
@@ -92,6 +93,16 @@ class LinkPort(RtpPort):
             kw["arbitration_ms"] = float(cfg["arbitration_ms"])
         kw.pop("ed137", None)
         return cls(name, site=str(cfg.get("site", "")), **kw)
+
+    def bind_drivers(self, squelch: LineSquelch | None, ptt: Ptt) -> None:
+        """As :meth:`RtpPort.bind_drivers`, but a link needs the ``ed137`` (or ``rtp``) PTT
+        driver: floor arbitration works through its transmit grant."""
+        from brug.gateway.rtp.squelch import RtpPtt
+
+        if not isinstance(ptt, RtpPtt):
+            raise RtpConfigError(f"ports.{self.name}.ptt.type: a site link is keyed by ptt "
+                                 f"type ed137 (floor arbitration needs its grant)")
+        super().bind_drivers(squelch, ptt)
 
     # ------------------------------------------------------------------ engine thread
     def set_tx(self, on: bool) -> None:

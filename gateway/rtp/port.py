@@ -39,6 +39,7 @@ from brug.gateway.rtp.packet import (
     ts32_add,
 )
 from brug.gateway.rtp.payload import FORMATS, make_codec
+from brug.gateway.signalling import LineSquelch, NoPtt, Ptt
 
 PTIMES_MS = (10, 20, 30, 40)
 NTP_EPOCH_OFFSET = 2208988800
@@ -156,6 +157,7 @@ class RtpPort(Port):
         self._events: list[Event] = []
         self._last_jitter_report = 0
         self.local_claim: FloorClaim | None = None
+        self._follow: NoPtt | None = None
         self.engine_rate = 16000
         self.block = 80
 
@@ -383,6 +385,25 @@ class RtpPort(Port):
             self._tx_tail = 3 if self.ed137 else 0
         self._tx_on = on
 
+    def bind_drivers(self, squelch: LineSquelch | None, ptt: Ptt) -> None:
+        """Attach the drivers the site loader built for this port (before ``start``).
+
+        ``stream``/``ed137`` squelch and ``rtp``/``ed137`` PTT drivers are bound to this port;
+        a ``none`` PTT is followed (the port sends while the engine has it keyed).
+        Raises :class:`RtpConfigError` for a PTT driver that cannot key an RTP stream.
+        """
+        from brug.gateway.rtp.squelch import RtpPtt, StreamSquelch
+
+        if isinstance(squelch, StreamSquelch):
+            squelch.port = self
+        if isinstance(ptt, RtpPtt):
+            ptt.port = self
+        elif isinstance(ptt, NoPtt):
+            self._follow = ptt
+        else:
+            raise RtpConfigError(f"ports.{self.name}.ptt.type: an RTP port is keyed by "
+                                 f"ptt type rtp, ed137 or none, not {type(ptt).__name__}")
+
     def tx_granted(self) -> bool | None:
         """``None``: a plain RTP port transmits as soon as it is keyed (no grant to wait for)."""
         return None
@@ -393,6 +414,8 @@ class RtpPort(Port):
 
     def write(self, block: Block) -> None:
         """Encode and send while keyed; otherwise only advance the timestamp clock."""
+        if self._follow is not None and self._follow.keyed != self._tx_on:
+            self.set_tx(self._follow.keyed)
         if self._tx_on and self._may_send():
             y = self._rs_out.process(block.astype(np.float32, copy=False))
             self._tx_fifo = np.concatenate([self._tx_fifo, y])

@@ -9,7 +9,8 @@
   for ``ed137``); unkeying stops the stream (after three PTT-off packets for ``ed137``).
 
 All times are converted to engine samples; ``state(t)`` reads cached port state and never
-blocks. The factories take the port object as ``port=``.
+blocks. The factories take the port object as ``port=``, or none: the site loader builds the
+drivers first and then calls :meth:`RtpPort.bind_drivers`.
 """
 
 from __future__ import annotations
@@ -27,10 +28,14 @@ from brug.gateway.signalling import (
 )
 
 
-def _need_port(port: object, what: str) -> RtpPort:
-    if not isinstance(port, RtpPort):
+def _need_port(port: object, what: str) -> RtpPort | None:
+    """``None``: built by the site loader first and bound later by
+    :meth:`RtpPort.bind_drivers`."""
+    if port is not None and not isinstance(port, RtpPort):
         raise SignallingConfigError(f"{what} works only on a port of type rtp or link")
     return port
+
+UNBOUND = "not bound to a port of type rtp or link"
 
 
 @register_squelch("stream")
@@ -42,10 +47,12 @@ class StreamSquelch(LineSquelch):
         self.hang_ms = float(hang_ms)
 
     def _hang(self) -> int:
-        return int(self.hang_ms * self.port.engine_rate / 1000)
+        return 0 if self.port is None else int(self.hang_ms * self.port.engine_rate / 1000)
 
     def state(self, t: int) -> tuple[bool, str]:
         p = self.port
+        if p is None:
+            return False, UNBOUND
         if p.rx_active:
             return True, "rtp stream"
         if p.samples_read - p.last_audio_sample < self._hang():
@@ -53,7 +60,7 @@ class StreamSquelch(LineSquelch):
         return False, "rtp stream stopped"
 
     def poll_events(self) -> list[Event]:
-        return self.port.poll_events()
+        return [] if self.port is None else self.port.poll_events()
 
 
 @register_squelch("ed137")
@@ -62,6 +69,8 @@ class Ed137Squelch(StreamSquelch):
 
     def state(self, t: int) -> tuple[bool, str]:
         p = self.port
+        if p is None:
+            return False, UNBOUND
         h = p.rx_ed137
         if h is None:                      # peer without the extension: stream presence
             return super().state(t)
@@ -81,13 +90,15 @@ class RtpPtt(Ptt):
         self.port = _need_port(port, "ptt.type=rtp")
 
     def set_tx(self, on: bool) -> None:
-        self.port.set_tx(on)
+        if self.port is not None:
+            self.port.set_tx(on)
 
     def granted(self, t: int) -> bool | None:
-        return self.port.tx_granted()
+        return None if self.port is None else self.port.tx_granted()
 
     def close(self) -> None:
-        self.port.set_tx(False)
+        if self.port is not None:
+            self.port.set_tx(False)
 
 
 register_ptt("ed137")(RtpPtt)
