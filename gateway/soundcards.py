@@ -42,7 +42,7 @@ SILENCE_SOURCE = "brug_silence"
 #: Default sink of the server, so no stream ever lands on a card by default.
 NOWHERE_SINK = "brug_nowhere"
 #: Latency the keep-alive loopbacks ask for, ms: the block size the null sinks render in.
-KEEPALIVE_LATENCY_MS = 5
+KEEPALIVE_LATENCY_MS = 20
 #: Wait after creating sinks until their first (2 s) block has passed, s.
 NEW_SINK_SETTLE_S = 2.1
 

@@ -75,6 +75,8 @@ class SoundCardPort(Port):
         self.channel = int(channel)
         self.blocksize = int(blocksize or round(self.rate_hz / 300))
         self.latency = latency
+        #: Fill above the set point (device samples, 60 ms) beyond which a ring is trimmed.
+        self._max_excess = int(0.06 * self.rate_hz)
         self.rx_setpoint = max(1, int(round(rx_setpoint_ms * self.rate_hz / 1000)))
         self.tx_setpoint = max(1, int(round(tx_setpoint_ms * self.rate_hz / 1000)))
         self.max_ppm = max_ppm
@@ -94,6 +96,8 @@ class SoundCardPort(Port):
         self.callback_failures = 0
         self.cb_flags = 0
         self._primed = False
+        self._tx_primed = False
+        self._rx_reset = False
         self.engine_rate = 0
         self.block = 0
 
@@ -120,6 +124,7 @@ class SoundCardPort(Port):
             self._rs_in.delay_samples + self.rx_setpoint * engine_rate / self.rate_hz))
         self._primed = False
         self._tx_primed = False
+        self._rx_reset = False
         self._stopping.clear()
         self._open()
         self._supervisor = threading.Thread(target=self._supervise, name=f"port-{self.name}",
@@ -158,12 +163,21 @@ class SoundCardPort(Port):
         """Fill ``out`` with engine-rate audio (zeros and an underrun count when the device
         has not delivered). Engine thread; never blocks."""
         n = len(out)
+        if self._rx_reset:
+            self._rx_reset = False
+            self._primed = False
+            self.rx.clear()
+            self._fifo.clear()
         if not self._primed:
             if self.rx.fill < self.rx_setpoint + self._pull:
                 out[:] = 0.0
                 return
             self._primed = True
             self.rx.discard(self.rx.fill - self.rx_setpoint - self._pull)
+        excess = self.rx.fill - self.rx_setpoint - self._max_excess
+        if excess > 0:  # the engine fell behind (a stall): drop stale audio, keep latency
+            self.rx.discard(excess + self._max_excess // 2)
+            self.stats.overruns += 1
         while self._fifo.fill < n and self.rx.fill >= self._pull:
             self.rx.read_into(self._pull_buf)
             y = self._rs_in.process(self._pull_buf)
@@ -182,7 +196,12 @@ class SoundCardPort(Port):
             self._tx_primed = True
             self.tx.write_zeros(self.tx_setpoint - self.tx.fill - len(y))
             self.tx.reset_counters()
-        self.tx.write(y)
+        if self.tx.fill > self.tx_setpoint + self._max_excess:
+            # the device fell behind (server starved): drop this block rather than let the
+            # playback latency grow; counted as an overrun
+            self.stats.overruns += 1
+        else:
+            self.tx.write(y)
         self._rs_out.set_correction_ppm(self._dc_out.update(self.tx.fill))
 
     def _sync_stats(self) -> None:
@@ -267,6 +286,11 @@ class SoundCardPort(Port):
                 if self._stopping.wait(delay):
                     return
                 attempt += 1
+                # the callback (tx consumer) is gone: drop stale playback and re-prime; the
+                # engine drops stale capture on its next read (it is the rx consumer)
+                self.tx.clear()
+                self._tx_primed = False
+                self._rx_reset = True
                 try:
                     self._open()
                 except Exception as exc:  # noqa: BLE001 - keep trying with back-off
