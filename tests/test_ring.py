@@ -116,3 +116,18 @@ def test_two_threads_pass_every_sample_in_order() -> None:
     t.join()
     np.testing.assert_array_equal(got, np.arange(total, dtype=np.float32))
     assert r.overruns == 0 and r.underruns == 0
+
+
+def test_bench_callback_copy(benchmark: object) -> None:
+    """What one PortAudio callback costs the ring side: write 160 samples, read 160."""
+    r = Ring(1 << 15)
+    indata = np.ones((160, 1), np.float32)
+    outdata = np.zeros((160, 1), np.float32)
+    r.write_zeros(1000)
+
+    def callback() -> None:
+        r.write(indata[:, 0])
+        r.read_into(outdata[:, 0])
+
+    benchmark(callback)  # type: ignore[operator]
+    assert r.fill == 1000 and r.overruns == r.underruns == 0

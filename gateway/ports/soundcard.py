@@ -168,6 +168,7 @@ class SoundCardPort(Port):
             self._primed = False
             self.rx.clear()
             self._fifo.clear()
+            self._dc_in.reset()
         if not self._primed:
             if self.rx.fill < self.rx_setpoint + self._pull:
                 out[:] = 0.0
@@ -195,7 +196,8 @@ class SoundCardPort(Port):
         if not self._tx_primed:  # start at the set point; zeros played before do not count
             self._tx_primed = True
             self.tx.write_zeros(self.tx_setpoint - self.tx.fill - len(y))
-            self.tx.reset_counters()
+            self.tx.reset_counters()  # (a counter race with the callback only loses a count)
+            self._dc_out.reset()
         if self.tx.fill > self.tx_setpoint + self._max_excess:
             # the device fell behind (server starved): drop this block rather than let the
             # playback latency grow; counted as an overrun
