@@ -1,0 +1,335 @@
+"""Realtime replay: the scenario through virtual sound cards and real PortAudio streams.
+
+For every port the bench creates one virtual card (``brug soundcards``), named after the port
+with dots turned into dashes (``be_astrid-BE-TAC3``). The gateway's engine runs on its real-time
+clock with a :class:`~brug.gateway.ports.soundcard.SoundCardPort` on the card's gateway side;
+the bench plays the terminal side: one duplex PortAudio stream per card plays what the
+terminal receives over the air into ``air_rx`` and records what the gateway makes it transmit
+from ``air_tx``.
+
+All terminal streams share one time base: scenario second 0 is a monotonic instant ``T0`` a
+moment after the streams run, and each stream places its samples by PortAudio's DAC/ADC
+timestamps of its first callback, so a transmission played on one card and recorded on another
+is compared on the same clock. The latency measured is therefore end to end: PulseAudio in,
+gateway, PulseAudio out.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import queue
+import re
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import soundfile as sf
+
+from brug.bench.metrics import measure, run_figures, scenario_info, summarize
+from brug.bench.plan import ReplayPlan
+from brug.bench.replay import (
+    EventLog,
+    Progress,
+    ResourceSampler,
+    cor_schedule,
+    port_segments,
+    read_events,
+    write_json,
+)
+from brug.bench.soak import SoakLimits
+from brug.bench.squelch import ScriptedSquelch
+from brug.gateway.engine import Engine
+from brug.gateway.signalling import NoPtt
+
+Array = npt.NDArray[np.float32]
+CARD_RATE_HZ = 48000
+START_DELAY_S = 0.8
+TAIL_S = 2.0
+
+
+def card_name(port: str) -> str:
+    """Virtual card name of a port (``be_astrid.BE-TAC3`` -> ``be_astrid-BE-TAC3``)."""
+    return re.sub(r"[^A-Za-z0-9_-]", "-", port)[:32]
+
+
+class Terminal:
+    """The terminal side of one card: plays scripted receive audio, records the transmit side.
+
+    The PortAudio callback only copies: segments into ``outdata`` and ``indata`` into a queue
+    that a writer thread drains into a WAV file.
+    """
+
+    def __init__(self, name: str, air_rx: str, air_tx: str, segments: list[tuple[int, Array]],
+                 rate_hz: int, wav: Path) -> None:
+        self.name = name
+        self.air_rx, self.air_tx = air_rx, air_tx
+        self.rate = rate_hz
+        self._off = [s[0] for s in segments]
+        self._end = [s[0] + len(s[1]) for s in segments]
+        self._x = [s[1] for s in segments]
+        self.t0 = 0.0                      # monotonic time of scenario second 0
+        self.dac0: float | None = None     # time of the first output sample (monotonic)
+        self.adc0: float | None = None
+        self._pos = 0                      # output samples written so far
+        self._q: queue.SimpleQueue[Array | None] = queue.SimpleQueue()
+        self.wav = wav
+        self.flags = 0
+        self._stream: Any = None
+        self._writer: threading.Thread | None = None
+        self.recorded = 0
+
+    def _callback(self, indata: Any, outdata: Any, frames: int, time_info: Any,
+                  status: Any) -> None:
+        if status:
+            self.flags |= int(status._flags)
+        if self.dac0 is None:
+            now = time.monotonic()
+            dac = getattr(time_info, "outputBufferDacTime", 0.0)
+            adc = getattr(time_info, "inputBufferAdcTime", 0.0)
+            cur = getattr(time_info, "currentTime", 0.0)
+            # PortAudio times share a clock with currentTime; map them onto monotonic time
+            self.dac0 = now + (dac - cur if dac and cur else 0.0)
+            self.adc0 = now + (adc - cur if adc and cur else 0.0)
+        self._q.put(indata[:, 0].copy())
+        out = outdata[:, 0]
+        out.fill(0.0)
+        # scenario sample index of this buffer's first output sample
+        assert self.dac0 is not None
+        pos = int(round((self.dac0 - self.t0) * self.rate)) + self._pos
+        self._pos += frames
+        end = pos + frames
+        for j in range(len(self._off)):
+            a, b = max(pos, self._off[j]), min(end, self._end[j])
+            if b > a:
+                out[a - pos:b - pos] += self._x[j][a - self._off[j]:b - self._off[j]]
+
+    def _write(self) -> None:
+        with sf.SoundFile(str(self.wav), "w", samplerate=self.rate, channels=1,
+                          subtype="FLOAT") as f:
+            while True:
+                x = self._q.get()
+                if x is None:
+                    break
+                f.write(x)
+                self.recorded += len(x)
+
+    def start(self, t0: float) -> None:
+        import sounddevice as sd
+
+        from brug.gateway.devices import find_device
+
+        self.t0 = t0
+        self.wav.parent.mkdir(parents=True, exist_ok=True)
+        self._writer = threading.Thread(target=self._write, name=f"rec-{self.name}",
+                                        daemon=True)
+        self._writer.start()
+        dev = (find_device(self.air_tx, "input"), find_device(self.air_rx, "output"))
+        self._stream = sd.Stream(device=dev, samplerate=self.rate, channels=1, dtype="float32",
+                                 blocksize=int(self.rate * 0.02), latency=0.06,
+                                 callback=self._callback)
+        self._stream.start()
+
+    def stop(self) -> None:
+        if self._stream is not None:
+            self._stream.stop()
+            self._stream.close()
+            self._stream = None
+        self._q.put(None)
+        if self._writer is not None:
+            self._writer.join(timeout=10)
+
+    def aligned(self, length: int) -> Array:
+        """The recording placed on the scenario clock (sample 0 = scenario second 0)."""
+        x, _ = sf.read(str(self.wav), dtype="float32")
+        shift = int(round(((self.adc0 or self.t0) - self.t0) * self.rate))
+        out = np.zeros(length, np.float32)
+        if shift >= 0:
+            n = min(length - shift, len(x))
+            if n > 0:
+                out[shift:shift + n] = x[:n]
+        else:
+            n = min(length, len(x) + shift)
+            if n > 0:
+                out[:n] = x[-shift:-shift + n]
+        return out
+
+
+def replay_realtime(plan: ReplayPlan, out: Path, *, quality: bool = True,
+                    progress: bool = True, cards: Any = None) -> dict[str, Any]:
+    """Replay ``plan`` in real time through virtual sound cards; write the replay output.
+
+    ``cards`` is a :class:`~brug.gateway.soundcards.SoundCards` (or the test fixture's
+    handle with ``up``); by default the cards of ``brug soundcards`` (started if needed).
+    """
+    from brug.gateway.ports.soundcard import SoundCardPort
+
+    if cards is None:
+        from brug.gateway.soundcards import SoundCards, refresh_portaudio
+
+        sc_cards = SoundCards()
+        sc_cards.start()
+        sc_cards.apply_env()
+        names = sc_cards.up([card_name(p.name) for p in plan.ports])
+        refresh_portaudio()
+    else:
+        names = cards.up(*[card_name(p.name) for p in plan.ports])
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "tx").mkdir(exist_ok=True)
+    sc = plan.scenario
+    cfg = plan.engine
+    rate = cfg.rate_hz
+    eng = Engine(cfg)
+    log = EventLog(out / "events.jsonl", rate)
+    eng.events.subscribe(log)
+    squelches: dict[str, ScriptedSquelch] = {}
+    for pp in plan.ports:
+        cn = names[card_name(pp.name)]
+        port = SoundCardPort(pp.name, cn.input, cn.output, rate_hz=CARD_RATE_HZ)
+        sq = None
+        if pp.scripted:
+            sq = ScriptedSquelch(cor_schedule(plan, pp.name, rate), t0=1 << 62)
+            squelches[pp.name] = sq
+        eng.add_port(port, dataclasses.replace(pp.settings, kind="soundcard"), sq, NoPtt())
+    if len(plan.patch_members) >= 2:
+        eng.create_patch(plan.patch_name, plan.patch_members, mode=plan.mode,
+                         priorities=dict(plan.priorities))
+    segs = port_segments(plan, CARD_RATE_HZ)
+    tmp = out / "tx" / ".raw"
+    terms = [Terminal(pp.name, names[card_name(pp.name)].air_rx,
+                      names[card_name(pp.name)].air_tx, segs[pp.name], CARD_RATE_HZ,
+                      tmp / f"{pp.name}.wav") for pp in plan.ports]
+    stop = threading.Event()
+    started = threading.Event()
+    e0: list[float] = []
+
+    def engine_thread() -> None:
+        eng.start()
+        e0.append(time.monotonic())
+        started.set()
+        eng.run_realtime(stop)
+
+    th = threading.Thread(target=engine_thread, name="engine", daemon=True)
+    res = ResourceSampler(every_s=1.0)
+    total_s = sc.total_duration_s
+    prog = Progress(total_s + TAIL_S, "realtime", progress)
+    th.start()
+    if not started.wait(15):
+        raise RuntimeError("engine did not start within 15 s")
+    t0 = time.monotonic() + START_DELAY_S
+    # engine time of scenario second 0 (the engine ticks from e0 on its monotonic clock)
+    t0_engine = int(round((t0 - e0[0]) * rate))
+    for sq in squelches.values():
+        sq.t0 = t0_engine
+    try:
+        for term in terms:
+            term.start(t0)
+        end = t0 + total_s + TAIL_S
+        while time.monotonic() < end and th.is_alive():
+            time.sleep(0.2)
+            sim = max(0.0, time.monotonic() - t0)
+            res.maybe(sim)
+            prog.update(sim, f"late ticks {eng.late_ticks}")
+    finally:
+        for term in terms:
+            term.stop()
+        stop.set()
+        th.join(timeout=10)
+        eng.stop()
+        log.close()
+    prog.done()
+    res.maybe(total_s, force=True)
+    port_stats = {n: eng.port_object(n).stats.as_dict() for n in eng.port_names}
+    length = int(math.ceil((total_s + TAIL_S) * CARD_RATE_HZ))
+    outputs = {}
+    for term in terms:
+        y = term.aligned(length)
+        sf.write(str(out / "tx" / f"{term.name}.wav"), y, CARD_RATE_HZ, subtype="PCM_16")
+        term.wav.unlink(missing_ok=True)
+        outputs[term.name] = (y, CARD_RATE_HZ)
+    try:
+        tmp.rmdir()
+    except OSError:
+        pass
+    # engine events on the scenario clock: t counted from scenario second 0
+    events = []
+    for ev in read_events(out / "events.jsonl"):
+        ev = dict(ev)
+        ev["t"] = ev["t"] - t0_engine
+        ev["t_s"] = round(ev["t"] / rate, 6)
+        events.append(ev)
+    with open(out / "events.jsonl", "w", encoding="utf-8") as f:
+        import json
+
+        for ev in events:
+            f.write(json.dumps(ev, separators=(",", ":")) + "\n")
+    rplan = dataclasses.replace(plan, ports=tuple(dataclasses.replace(
+        p, device_rate_hz=CARD_RATE_HZ) for p in plan.ports))
+    records = measure(rplan, sc.transmissions, outputs, events, quality=quality,
+                      run_end_s=total_s)
+    run = run_figures(rplan, events, total_s, outputs, port_stats)
+    run["resources"] = res.figures()
+    run["late_ticks"] = eng.late_ticks
+    run["terminal_status_flags"] = {t.name: t.flags for t in terms}
+    for name, st in port_stats.items():
+        run["xruns"]["underruns"] += int(st.get("device_underruns", 0) or 0)
+        run["xruns"]["overruns"] += int(st.get("device_overruns", 0) or 0)
+    metrics = {
+        "schema": "brug-bench-metrics/1", "mode": "realtime", "scenario": scenario_info(sc),
+        "engine": dataclasses.asdict(cfg), "site": plan.site, "ports": rplan.describe(),
+        "patch": {"name": plan.patch_name, "members": list(plan.patch_members),
+                  "mode": plan.mode, "priorities": dict(plan.priorities)},
+        "timing": {"sim_s": round(total_s, 3), "wall_s": round(total_s + TAIL_S, 3),
+                   "speed_x": 1.0},
+        "port_stats": port_stats,
+        "summary": summarize(records), "run": run, "transmissions": records,
+    }
+    write_json(out / "metrics.json", metrics)
+    return metrics
+
+
+def soak_realtime(plan: ReplayPlan, out: Path, hours: float, *,
+                  limits: SoakLimits | None = None, progress: bool = True,
+                  quality: bool = True) -> dict[str, Any]:
+    """Loop the scenario on the wall clock for ``hours`` through virtual sound cards.
+
+    Same failure rules as the offline soak, judged over the whole run: xruns, missed or
+    leaked transmissions, latency drift between the first and the last loop. Memory is
+    sampled over the run; the tx recordings stream to disk.
+    """
+    limits = limits or SoakLimits()
+    from brug.bench.replay import quantize_period
+
+    sc = quantize_period(plan.scenario)
+    n = max(1, int(math.ceil(hours * 3600.0 / sc.total_duration_s)))
+    looped = dataclasses.replace(plan, scenario=sc.looped(n))
+    m = replay_realtime(looped, out, quality=quality, progress=progress)
+    failures = []
+    s = m["summary"]
+    x = m["run"]["xruns"]
+    if x["underruns"] or x["overruns"] or m["run"]["late_ticks"]:
+        failures.append(f"ring buffers: {x['underruns']} underruns, {x['overruns']} overruns, "
+                        f"{m['run']['late_ticks']} late ticks")
+    if s["missed"]:
+        failures.append(f"{s['missed']} transmission(s) not heard that had to be")
+    growth = m["run"]["resources"].get("rss_growth_after_warmup_mb", 0.0)
+    if growth > limits.max_rss_growth_mb:
+        failures.append(f"memory: resident set grew {growth:.2f} MB after warm-up")
+    by_loop: dict[int, list[float]] = {}
+    for r in m["transmissions"]:
+        for d in r["deliveries"]:
+            if d["forwarded"] and d["latency_end_ms"] is not None:
+                by_loop.setdefault(r["loop"], []).append(d["latency_end_ms"])
+    if len(by_loop) >= 2:
+        first, last = min(by_loop), max(by_loop)
+        drift = float(np.median(by_loop[last]) - np.median(by_loop[first]))
+        if abs(drift) > limits.max_drift_ms:
+            failures.append(f"latency drift {drift:+.1f} ms between loop {first} and {last}")
+    m["mode"] = "soak-realtime"
+    m["hours"] = hours
+    m["verdict"] = {"status": "FAIL" if failures else "PASS", "failures": failures}
+    write_json(out / "metrics.json", m)
+    return m
