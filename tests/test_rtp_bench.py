@@ -11,20 +11,21 @@ import time
 from typing import Any
 
 import numpy as np
+import pytest
 
 from brug.gateway.rtp.packet import RtpPacket
-from brug.gateway.rtp.payload import alaw_encode
+from brug.gateway.rtp.payload import make_codec
 from brug.gateway.rtp.port import RtpPort
 
 FS = 16000
 BLOCK = 80
 
 
-def _stream_20ms(port: RtpPort, state: dict[str, int]) -> None:
+def _stream_20ms(port: RtpPort, state: dict[str, Any]) -> None:
     blk = (0.2 * np.sin(np.arange(BLOCK) * 0.3)).astype(np.float32)
     out = np.zeros(BLOCK, np.float32)
     seq = state["seq"]
-    pkt = RtpPacket(8, seq & 0xFFFF, seq * 160, 1234, alaw_encode(blk.repeat(2)))
+    pkt = RtpPacket(port.pt, seq & 0xFFFF, seq * port.ts_step, 1234, state["payload"])
     port._on_rtp(RtpPacket.parse(bytes(pkt)), state["t0"] + seq * 0.02)
     state["seq"] = seq + 1
     for _ in range(4):
@@ -32,13 +33,16 @@ def _stream_20ms(port: RtpPort, state: dict[str, int]) -> None:
         port.read(out)
 
 
-def test_rtp_stream_cpu(benchmark: Any) -> None:
-    sink = RtpPort("sink", ("127.0.0.1", 0), None)
+@pytest.mark.parametrize("payload", ["pcma", "opus"])
+def test_rtp_stream_cpu(benchmark: Any, payload: str) -> None:
+    sink = RtpPort("sink", ("127.0.0.1", 0), None, payload=payload)
     sink.start(FS, BLOCK)
-    port = RtpPort("ops1", ("127.0.0.1", 0), ("127.0.0.1", sink.local_addr[1]))
+    port = RtpPort("ops1", ("127.0.0.1", 0), ("127.0.0.1", sink.local_addr[1]), payload=payload)
     port.start(FS, BLOCK)
     port.set_tx(True)
-    state = {"seq": 0, "t0": 0}
+    speechlike = (0.2 * np.sin(np.arange(port.frame) * 0.05)).astype(np.float32)
+    enc = make_codec(payload, port.frame)
+    state: dict[str, Any] = {"seq": 0, "t0": 0, "payload": enc.encode(speechlike)}
     try:
         for _ in range(10):
             _stream_20ms(port, state)
@@ -48,7 +52,7 @@ def test_rtp_stream_cpu(benchmark: Any) -> None:
         for _ in range(n):
             _stream_20ms(port, state)
         per = (time.perf_counter() - t) / n
-        print(f"\nRTP PCMA stream: {per * 1e6:.0f} us CPU per 20 ms -> "
+        print(f"\nRTP {payload} stream: {per * 1e6:.0f} us CPU per 20 ms -> "
               f"{0.02 / per:.0f} streams in real time on one core")
         assert port.packets_sent > 0 and port.jb.stats.played > 0
     finally:

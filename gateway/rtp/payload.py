@@ -33,7 +33,8 @@ FORMATS = {
     "pcma": PayloadFormat("pcma", 8000, 8000, 8),
     "pcmu": PayloadFormat("pcmu", 8000, 8000, 0),
     "l16": PayloadFormat("l16", 16000, 16000, None),
-    "opus": PayloadFormat("opus", 48000, 48000, None),
+    # RFC 7587: the RTP clock is 48 kHz whatever the codec runs at; we encode/decode wideband
+    "opus": PayloadFormat("opus", 48000, 16000, None),
 }
 
 _SEG_END = np.array([0xFF, 0x1FF, 0x3FF, 0x7FF, 0xFFF, 0x1FFF, 0x3FFF, 0x7FFF], np.int32)
@@ -102,8 +103,9 @@ class _L16:
 
 
 class _Opus:
-    """Opus at 48 kHz (RFC 7587 clock) with in-band FEC: each packet also carries a coarse copy
-    of the previous frame, so a single lost packet is rebuilt from the next one."""
+    """Opus (wideband, 16 kHz PCM; RFC 7587 48 kHz RTP clock) with in-band FEC: each packet also
+    carries a coarse copy of the previous frame, so a single lost packet is rebuilt from the
+    next one."""
 
     def __init__(self, frame_samples: int, bitrate: int = 32000, fec: bool = True) -> None:
         import opuslib
@@ -112,12 +114,12 @@ class _Opus:
         import opuslib.api.encoder as opus_enc
 
         self._frame = frame_samples
-        self._enc = opuslib.Encoder(48000, 1, opuslib.APPLICATION_VOIP)
+        self._enc = opuslib.Encoder(16000, 1, opuslib.APPLICATION_VOIP)
         opus_enc.encoder_ctl(self._enc.encoder_state, ctl.set_bitrate, int(bitrate))
         if fec:
             opus_enc.encoder_ctl(self._enc.encoder_state, ctl.set_inband_fec, 1)
             opus_enc.encoder_ctl(self._enc.encoder_state, ctl.set_packet_loss_perc, 10)
-        self._dec = opuslib.Decoder(48000, 1)
+        self._dec = opuslib.Decoder(16000, 1)
         self._api_dec = opus_dec
 
     def encode(self, pcm: Pcm) -> bytes:
@@ -125,7 +127,7 @@ class _Opus:
                                             len(pcm)))
 
     def decode(self, data: bytes) -> Pcm:
-        out = self._dec.decode_float(data, 5760)
+        out = self._dec.decode_float(data, 1920)
         return np.frombuffer(out, np.float32).copy()
 
     def decode_lost(self, next_payload: bytes | None, samples: int) -> Pcm:

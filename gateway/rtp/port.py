@@ -140,6 +140,7 @@ class RtpPort(Port):
         self._tx_on = False
         self._tx_tail = 0           # ED-137: PTT-off packets still to send
         self._talkspurt_start = False
+        self._ts_next = 0           # timestamp offset of the next packet (codec clock)
         self._tx_fifo = np.zeros(0, np.float32)
         self._codec_samples = 0.0   # codec-rate samples elapsed since start (timestamp clock)
         self.packets_sent = 0
@@ -466,4 +467,3 @@ class RtpPort(Port):
         self.packets_sent += 1
         self.octets_sent += len(pkt.payload)
         self._sent_since_report = True
-    _ts_next = 0
