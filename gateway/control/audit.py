@@ -33,7 +33,7 @@ class AuditLog:
                "id": request_id, "body": body, "outcome": outcome}
         if message:
             rec["message"] = message
-        self._f.write(json.dumps(rec, ensure_ascii=False, default=str) + "\n")
+        self._f.write(json.dumps(rec, default=str) + "\n")
         self._f.flush()
         os.fsync(self._f.fileno())
 

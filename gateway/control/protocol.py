@@ -83,8 +83,8 @@ def _reject_constant(name: str) -> Any:
 def pack(obj: Any) -> bytes:
     """Serialise ``obj`` as compact UTF-8 JSON; raises ``ValueError``/``TypeError`` if it is
     not JSON (NaN and infinities included)."""
-    return json.dumps(obj, separators=(",", ":"), allow_nan=False,
-                      ensure_ascii=False).encode("utf-8")
+    # ASCII with escapes: a lone surrogate from a peer's "\\ud800" survives the round trip
+    return json.dumps(obj, separators=(",", ":"), allow_nan=False).encode("ascii")
 
 
 def unpack(data: bytes) -> Any:

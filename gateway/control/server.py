@@ -416,7 +416,12 @@ class ControlServer:
             uid = frames[-1].get("User-Id")
         except (zmq.ZMQError, UnicodeDecodeError):
             uid = ""
-        reply = self._answer(ident, str(uid or ""), rest)
+        try:
+            reply = self._answer(ident, str(uid or ""), rest)
+        except Exception as exc:  # noqa: BLE001 - every request gets an answer
+            log.exception("request failed")
+            self.errors["internal"] += 1
+            reply = make_reply(None, None, error=ProtocolError("internal", type(exc).__name__))
         try:
             self.router.send_multipart([*envelope, reply], zmq.NOBLOCK)
         except zmq.ZMQError:
