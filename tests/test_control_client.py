@@ -130,3 +130,24 @@ def test_ctl_keys_new_and_list(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert main(["ctl", "--keys-dir", str(keys), "keys", "new", "alice", "--role",
                  "observer"]) == 2
     assert "exists already" in capsys.readouterr().err
+
+
+def test_night_shift_example_runs_and_is_idempotent(rig: Rig) -> None:
+    import importlib.util
+
+    path = Path(__file__).resolve().parent.parent / "examples" / "night_shift.py"
+    spec = importlib.util.spec_from_file_location("night_shift", path)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    lines: list[str] = []
+    with GatewayClient(rig.srv.endpoint) as gw:
+        gw.patch_create("DAY-BE-NL", ["be1", "nl1"])
+        mod.NIGHT_PROFILES = {"lu1": "mem-b"}
+        mod.night_shift(gw, lines.append)
+        assert [p["name"] for p in gw.patches()] == ["NIGHT-ALL"]
+        assert gw.patches()[0]["members"] == ["be1", "nl1", "lu1"]
+        assert {p["name"]: p for p in gw.ports()}["lu1"]["profile"] == "mem-b"
+        lines.clear()
+        mod.night_shift(gw, lines.append)              # second run changes nothing
+        assert not any("profile" in x or "patch" in x for x in lines)
