@@ -143,7 +143,7 @@ def test_night_shift_example_runs_and_is_idempotent(rig: Rig) -> None:
     lines: list[str] = []
     with GatewayClient(rig.srv.endpoint) as gw:
         gw.patch_create("DAY-BE-NL", ["be1", "nl1"])
-        mod.NIGHT_PROFILES = {"lu1": "mem-b"}
+        setattr(mod, "NIGHT_PROFILES", {"lu1": "mem-b"})  # noqa: B010
         mod.night_shift(gw, lines.append)
         assert [p["name"] for p in gw.patches()] == ["NIGHT-ALL"]
         assert gw.patches()[0]["members"] == ["be1", "nl1", "lu1"]
