@@ -10,13 +10,15 @@ How the audio is compared
 -------------------------
 The engine forwards an over with a *variable* delay: it starts ``preroll + PTT lead`` behind
 the talker and catches up by skipping silent blocks later in the over. One cross-correlation
-over a whole over would therefore smear. Instead the source's active speech (5 ms frames within
-35 dB of its loudest frame, and above -55 dBFS) is cut into talkspurts, long ones into pieces of
-at most 300 ms, and each piece is located in the destination's output by normalised
-cross-correlation (search -20 ms .. +4.2 s around the key-up, narrowed around the previous
-piece's lag once one is found). A piece whose correlation peak reaches 0.8 is *delivered* at
-that lag; inside it a frame counts as present when its energy in the destination is within
-12 dB of the source frame's (after the over's overall gain). From that:
+over a whole over would therefore smear. Instead the source's active speech (5 ms frames, see
+:func:`active_frames`) is cut into talkspurts, long ones into pieces of at most 300 ms, and
+each piece is located in the destination's output by normalised cross-correlation (search
+-20 ms .. +4.2 s around the key-up, narrowed around the previous piece's lag once one is
+found; a piece that does not match is split in halves down to 100 ms, since the engine may
+have skipped a silent block inside it). A piece whose correlation peak reaches 0.8 is
+*delivered* at that lag; inside it a frame counts as present when its energy in the
+destination is within 12 dB of the source frame's (after the over's overall gain).
+From that:
 
 * latency at the onset = lag of the first delivered piece; at the end = lag of the last one;
 * clipped start = first present frame - first active frame (ms, source time);
@@ -54,6 +56,8 @@ PIECE_MAX_MS = 300.0
 LAG_MIN_MS = -20.0
 LAG_MAX_MS = 4200.0
 PIECE_CORR = 0.8
+HALF_CORR = 0.9
+SPLIT_MIN_FRAMES = 20
 PRESENT_DB = -12.0
 GAP_MIN_MS = 20.0
 #: Mean square treated as silence in the destination (-70 dBFS).
@@ -158,7 +162,8 @@ class AudioMatch:
     lags_ms: list[tuple[float, float]] = field(default_factory=list)
 
 
-def match(src: Array, dst: Array, fs: int, pre: int, *, quality: bool = False) -> AudioMatch:
+def match(src: Array, dst: Array, fs: int, pre: int, *, quality: bool = False,
+          split: bool = True) -> AudioMatch:
     """Locate ``src`` in ``dst`` (both at ``fs``; ``dst[pre]`` is the source's first sample time).
 
     Parameters
@@ -170,6 +175,8 @@ def match(src: Array, dst: Array, fs: int, pre: int, *, quality: bool = False) -
         least ``len(src) + LAG_MAX_MS`` past it.
     quality:
         Also compute PESQ-NB (PESQ-WB at 16 kHz) and STOI.
+    split:
+        Retry a piece that does not match as two halves (down to 100 ms).
     """
     fl = int(round(fs * FRAME_MS / 1000.0))
     es = frame_energy(src, fl)
@@ -184,7 +191,10 @@ def match(src: Array, dst: Array, fs: int, pre: int, *, quality: bool = False) -
     good: list[tuple[int, int, int, float]] = []      # (frame a, frame b, lag samples, corr)
     best_corr = 0.0
     prev: tuple[int, int] | None = None               # (lag, end sample) of last good piece
-    for a, b in pcs:
+    todo = list(reversed(pcs))
+    halves: set[tuple[int, int]] = set()
+    while todo:
+        a, b = todo.pop()
         s = src[a * fl:b * fl]
         if float(np.dot(s, s)) <= 0.0:
             continue
@@ -196,19 +206,40 @@ def match(src: Array, dst: Array, fs: int, pre: int, *, quality: bool = False) -
             if hi > lo:
                 d = dst[pre + a * fl + lo: pre + b * fl + hi]
                 k, r = _best_lag(s, d)
-                if r >= max(PIECE_CORR, 8.0 / math.sqrt(len(s))):
+                if r >= max(PIECE_CORR, 16.0 / math.sqrt(len(s))):
                     found = (lo + k, r)
         if found is None:
             d = dst[pre + a * fl + lag_lo: pre + b * fl + lag_hi]
             k, r = _best_lag(s, d)
             found = (lag_lo + k, r)
         best_corr = max(best_corr, found[1])
-        # a short piece correlates with noise by chance: demand more of it
-        if found[1] >= max(PIECE_CORR, 8.0 / math.sqrt(len(s))):
+        # a short piece correlates with noise by chance: demand more of it (and of halves)
+        need = max(PIECE_CORR, 16.0 / math.sqrt(len(s)))
+        if (a, b) in halves:
+            need = max(need, HALF_CORR)
+        if found[1] >= need:
             good.append((a, b, found[0], found[1]))
             prev = (found[0], b * fl)
+        elif split and b - a >= 2 * SPLIT_MIN_FRAMES:
+            # the engine may have skipped a silent block inside this piece: try the halves
+            mid = (a + b) // 2
+            todo += [(mid, b), (a, mid)]
+            halves.update(((a, mid), (mid, b)))
     if not good:
         return AudioMatch(fs, False, 0.0, corr=best_corr)
+    # The onset before the first matched piece: the delay only shrinks during an over (silent
+    # blocks are skipped), so audio played before it sits at the same or a longer lag.
+    good.sort()
+    a0, lag0 = good[0][0], good[0][2]
+    act_before = np.flatnonzero(act[:a0])
+    if split and len(act_before) and a0 - int(act_before[0]) >= 8:
+        a = int(act_before[0])
+        s = src[a * fl:a0 * fl]
+        hi = min(lag_hi, lag0 + int(0.6 * fs))
+        d = dst[pre + a * fl + lag0: pre + a0 * fl + hi]
+        k, r = _best_lag(s, d)
+        if r >= max(PIECE_CORR, 16.0 / math.sqrt(len(s))):
+            good.insert(0, (a, a0, lag0 + k, r))
     # overall gain of the path, from the delivered pieces
     gains = []
     for a, b, lag, _ in good:
@@ -318,9 +349,9 @@ def cor_interval(plan: ReplayPlan, tx: Transmission) -> tuple[float, float]:
     ``open_dbfs`` + attack .. the last frame above ``close_dbfs`` + hang.
     """
     pp = plan.port_of_pair(tx.pair)
-    if pp.scripted:
-        return tx.start_s + pp.cor_delay_ms / 1000.0, tx.end_s
     sq = pp.settings.squelch
+    if pp.scripted:
+        return tx.start_s + (pp.cor_delay_ms + sq.attack_ms) / 1000.0, tx.end_s
     x, fs = plan.scenario.audio(tx)
     n = max(1, fs // 1000)
     e = frame_energy(x, n)
@@ -590,7 +621,7 @@ def measure(plan: ReplayPlan, txs: Sequence[Transmission], outputs: Mapping[str,
             if len(dst) < need:
                 dst = np.concatenate([dst, np.zeros(need - len(dst), np.float32)])
             m = match(src_cmp, dst, fa, int(round(pre_s * fa)),
-                      quality=quality and bool(expect))
+                      quality=quality and bool(expect), split=expect is not False)
             if not expect and m.forwarded and m.fraction < 0.05:
                 m.forwarded = False          # a stray 5 ms of correlation is not a leak
             busy_lost = False

@@ -44,10 +44,10 @@ class TechDefaults:
 
 
 TECH_DEFAULTS: dict[str, TechDefaults] = {
-    "tetra": TechDefaults("tetra", SquelchSettings(type=SCRIPTED, hang_ms=0.0),
+    "tetra": TechDefaults("tetra", SquelchSettings(type=SCRIPTED, attack_ms=0.0, hang_ms=0.0),
                           PttSettings(lead_ms=300.0, hang_ms=200.0, tot_s=60.0, guard_ms=100.0),
                           cor_delay_ms=40.0),
-    "lte": TechDefaults("lte", SquelchSettings(type=SCRIPTED, hang_ms=0.0),
+    "lte": TechDefaults("lte", SquelchSettings(type=SCRIPTED, attack_ms=0.0, hang_ms=0.0),
                         PttSettings(lead_ms=150.0, hang_ms=200.0, tot_s=60.0, guard_ms=100.0),
                         cor_delay_ms=20.0),
     "analog": TechDefaults("analog", SquelchSettings(type="vox", open_dbfs=-40.0,
