@@ -230,6 +230,9 @@ class ControlServer:
         self.gateway = gateway
         self.settings = s = settings or ControlSettings()
         self.curve = s.curve()
+        if self.curve and s.keys_dir is None:
+            raise ControlConfigError("control: allow_loopback_without_keys is false but no "
+                                     "keys_dir is set")
         if not self.curve:
             for ep in (s.rep, s.pub):
                 host = ep.split("://", 1)[-1].rsplit(":", 1)[0].strip("[]")
