@@ -19,6 +19,7 @@ import pytest
 import soundfile as sf
 import soxr
 from pesq import pesq
+from scipy import signal as sps
 
 from brug.gateway.engine import Engine, EngineConfig, PortSettings, PttSettings, SquelchSettings
 from brug.gateway.events import Event
@@ -60,8 +61,10 @@ def align(ref: np.ndarray, deg: np.ndarray) -> tuple[np.ndarray, float]:
     """Cut ``deg`` to where ``ref`` occurs in it; return it and the normalised correlation."""
     n = len(ref)
     deg = np.concatenate([deg, np.zeros(n, np.float32)])
-    c = np.correlate(deg, ref, mode="valid")
-    energy = np.convolve(deg.astype(np.float64) ** 2, np.ones(n), mode="valid")
+    c = sps.correlate(deg, ref, mode="valid", method="fft")
+    sq = np.concatenate([[0.0], np.cumsum(deg.astype(np.float64) ** 2)])
+    energy = sq[n:] - sq[:-n]
+    energy = np.where(energy > 1e-6 * energy.max(), energy, np.inf)   # no match in silence
     norm = c / (np.linalg.norm(ref) * np.sqrt(energy) + 1e-9)
     k = int(np.argmax(norm))
     return deg[k:k + n], float(norm[k])
@@ -155,7 +158,8 @@ def test_brug_sends_rtp_that_ffmpeg_writes_to_wav(tmp_path: Path, payload: str) 
     wav = tmp_path / "out.wav"
     ff = subprocess.Popen(["ffmpeg", "-loglevel", "error", "-protocol_whitelist",
                            "file,udp,rtp", "-i", str(sdp), "-ar", "8000", "-ac", "1",
-                           "-c:a", "pcm_s16le", "-y", str(wav)], stdin=subprocess.DEVNULL)
+                           "-c:a", "pcm_s16le", "-t", "4.6", "-y", str(wav)],
+                          stdin=subprocess.DEVNULL)      # stops after 4.6 s of audio (clip 4.0)
     try:
         ref = speech8k()
         x16 = soxr.resample(ref, 8000, FS).astype(np.float32)
@@ -173,9 +177,11 @@ def test_brug_sends_rtp_that_ffmpeg_writes_to_wav(tmp_path: Path, payload: str) 
         run_engine(eng, len(x16) / FS + 1.5)
         assert rtp.packets_sent > 150
     finally:
-        time.sleep(0.3)
-        ff.send_signal(signal.SIGINT)
-        ff.wait(10)
+        try:
+            ff.wait(5)
+        except subprocess.TimeoutExpired:
+            ff.send_signal(signal.SIGINT)
+            ff.wait(10)
     got, fs = sf.read(wav, dtype="float32")
     assert fs == 8000
     seg, corr = align(ref, got)

@@ -73,6 +73,7 @@ from pathlib import Path  # noqa: E402
 import soundfile as sf  # noqa: E402
 import soxr  # noqa: E402
 from pesq import pesq  # noqa: E402
+from scipy import signal as sps  # noqa: E402
 
 from brug.gateway.engine import (  # noqa: E402
     Engine,
@@ -197,8 +198,10 @@ class Site:
 def _align(ref: np.ndarray, deg: np.ndarray) -> tuple[np.ndarray, float]:
     n = len(ref)
     deg = np.concatenate([deg, np.zeros(n, np.float32)])
-    c = np.correlate(deg, ref, mode="valid")
-    energy = np.convolve(deg.astype(np.float64) ** 2, np.ones(n), mode="valid")
+    c = sps.correlate(deg, ref, mode="valid", method="fft")
+    sq = np.concatenate([[0.0], np.cumsum(deg.astype(np.float64) ** 2)])
+    energy = sq[n:] - sq[:-n]
+    energy = np.where(energy > 1e-6 * energy.max(), energy, np.inf)   # no match in silence
     norm = c / (np.linalg.norm(ref) * np.sqrt(energy) + 1e-9)
     k = int(np.argmax(norm))
     return deg[k:k + n], float(norm[k])
