@@ -151,3 +151,44 @@ def test_night_shift_example_runs_and_is_idempotent(rig: Rig) -> None:
         lines.clear()
         mod.night_shift(gw, lines.append)              # second run changes nothing
         assert not any("profile" in x or "patch" in x for x in lines)
+
+
+def test_event_stream_reports_a_dead_gateway_and_resyncs_after_restart(tmp_path: Path
+                                                                        ) -> None:
+    p1, p2 = free_port(), free_port()
+    eps = dict(rep=f"tcp://127.0.0.1:{p1}", pub=f"tcp://127.0.0.1:{p2}", heartbeat_s=0.2,
+               time_to_dead_s=0.6)
+    gw = memory_gateway(["be1", "nl1"])
+    gw.run()
+    srv = ControlServer(gw, ControlSettings(**eps))
+    srv.start()
+    client = GatewayClient(f"tcp://127.0.0.1:{p1}", f"tcp://127.0.0.1:{p2}", timeout=0.5,
+                           retries=10)
+    it = client.events(timeout=5.0, include_heartbeats=True)
+    first = next(it)
+    assert first["topic"] == "state.snapshot"
+    epoch = first["data"]["epoch"]
+    for ev in it:                                  # a heartbeat tells time_to_dead
+        if ev["topic"] == "hb":
+            assert ev["time_to_dead"] == 0.6
+            break
+    srv.stop()                                     # the gateway's control plane goes away
+    topics = []
+    for ev in it:
+        topics.append(ev["topic"])
+        if ev["topic"] == "server.dead":
+            break
+    assert topics[-1] == "server.dead"
+    srv = ControlServer(gw, ControlSettings(**eps))
+    srv.start()                                    # back, with a new epoch
+    try:
+        for ev in it:
+            if ev["topic"] == "state.snapshot":
+                assert ev["data"]["epoch"] != epoch
+                break
+        else:
+            pytest.fail("no resync after the restart")
+    finally:
+        client.close()
+        srv.stop()
+        gw.shutdown()
