@@ -128,6 +128,8 @@ def test_a_revoked_key_is_refused_at_once(secure: Secure) -> None:
         c.patch_create("P", ["be1", "nl1"])
     assert ei.value.code == "forbidden"
     c.close()
+    last = read_audit(secure.audit)[-1]
+    assert (last["user"], last["role"], last["outcome"]) == ("tech", "revoked", "forbidden")
 
 
 def test_events_need_an_allowed_key_too(secure: Secure) -> None:

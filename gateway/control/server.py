@@ -453,7 +453,10 @@ class ControlServer:
                 raise ProtocolError("unknown_type", f"no request type {req.type!r}; types: "
                                     f"{', '.join(sorted(COMMANDS))}")
             if role is None:
-                raise ProtocolError("forbidden", f"key {user!r} is no longer allowed")
+                err = ProtocolError("forbidden", f"key {user!r} is no longer allowed")
+                if cmd.mutating:
+                    self._audit(user, "revoked", req.type, req.body, req.id, err)
+                raise err
             if cmd.mutating:
                 cached = self._replies.get((user, req.id))
                 if cached is not None:          # a Lazy-Pirate retry: same answer, done once
