@@ -117,3 +117,30 @@ def test_floor_claim_rule_is_antisymmetric() -> None:
              (FloorClaim(0, 100, min(a, b)), FloorClaim(0, 100, max(a, b)))]  # then site id
     for win, lose in cases:
         assert win.beats(lose) and not lose.beats(win)
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.binary(max_size=80))
+def test_garbage_never_raises_anything_but_valueerror(data: bytes) -> None:
+    """The receive thread survives any datagram: malformed input is a ValueError, counted."""
+    for parse in (RtpPacket.parse, parse_rtcp, Ed137Header.parse):
+        try:
+            parse(data)
+        except ValueError:
+            pass
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(min_size=12, max_size=80))
+def test_garbage_behind_a_valid_rtcp_header_never_crashes(tail: bytes) -> None:
+    for pt in (200, 201, 202, 203):
+        body = tail[1:] + b"\x00" * (-len(tail[1:]) % 4)      # a consistent length field
+        data = bytes([0x80 | (tail[0] & 0x1F), pt]) + (len(body) // 4).to_bytes(2, "big") + body
+        try:
+            parse_rtcp(data)
+        except ValueError:
+            pass

@@ -260,3 +260,23 @@ patches:
     assert int(np.sum(win > 0.05)) >= 45          # about 1 s of the tone came out of ops2
     spec = np.abs(np.fft.rfft(y))
     assert abs(np.argmax(spec) * FS / len(y) - 600.0) < 5.0
+
+
+def test_garbage_and_corrupt_payloads_do_not_stop_reception() -> None:
+    tx, rx = pair(payload="opus")
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            dst = ("127.0.0.1", rx.local_addr[1])
+            s.sendto(b"\x80", dst)                                   # truncated
+            s.sendto(b"\x00" * 40, dst)                              # wrong version
+            for k in range(5):                                       # not Opus at all
+                s.sendto(bytes(RtpPacket(96, k, k * 960, 99, b"\xff" * 7)), dst)
+        time.sleep(0.2)
+        rx.read(np.zeros(BLOCK, np.float32))
+        tx.set_tx(True)
+        y = duplex(tx, rx, np.concatenate([tone(440.0, FS // 2), np.zeros(FS // 2, np.float32)]))
+    finally:
+        tx.stop()
+        rx.stop()
+    assert rx.stats.extra.get("malformed", 0) >= 2
+    assert float(np.max(np.abs(y))) > 0.2          # the real stream after the garbage plays

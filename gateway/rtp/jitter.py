@@ -202,6 +202,12 @@ class JitterBuffer:
                 self.target -= 1
             self._reset_locked()
 
+    def reset(self) -> None:
+        """Drop buffered frames and stop playout (a new source); keeps the delay estimate."""
+        with self._lock:
+            self._reset_locked()
+            self._transit = None
+
     def _reset_locked(self) -> None:
         for k in range(self.capacity):
             self._seq[k] = -1

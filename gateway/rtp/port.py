@@ -122,8 +122,9 @@ class RtpPort(Port):
         lost = getattr(self._codec_rx, "decode_lost", None)
         self._decode_at_playout = lost is not None
         self.jb = JitterBuffer(ptime_ms, self.fmt.clock_rate, 64, jitter_min_ms, jitter_max_ms,
-                               decode=self._codec_rx.decode if lost is not None else None,
-                               decode_lost=lost)
+                               decode=self._playout_decode if lost is not None else None,
+                               decode_lost=self._playout_decode_lost if lost else None)
+        self._decode_lost = lost
         self.rtcp_interval_s = rtcp_interval_s
         self.ttl = ttl
         self.interface = interface
@@ -271,7 +272,7 @@ class RtpPort(Port):
                         self._on_rtcp(data)
                     else:
                         self._on_rtp(RtpPacket.parse(data), now)
-                except ValueError:
+                except Exception:  # noqa: BLE001 - one bad datagram must not stop reception
                     self.stats.extra["malformed"] = self.stats.extra.get("malformed", 0) + 1
             if now >= next_report:
                 next_report = now + self.rtcp_interval_s
@@ -287,7 +288,9 @@ class RtpPort(Port):
         if not self._accept(pkt, hdr, now):
             return
         st = self.rx_stats
-        if st is None or st.ssrc != pkt.ssrc:
+        if st is None or st.ssrc != pkt.ssrc:      # a new source (peer restarted): start over
+            if st is not None:
+                self.jb.reset()
             st = self.rx_stats = ReceptionStats(pkt.ssrc)
         st.update(pkt.sequence_number, pkt.timestamp, int(now * self.fmt.clock_rate))
         pcm: Block | bytes
@@ -298,6 +301,22 @@ class RtpPort(Port):
         else:
             pcm = self._codec_rx.decode(pkt.payload)
         self.jb.put(pkt.sequence_number, pkt.timestamp, pcm, now, hdr)
+
+    def _playout_decode(self, payload: bytes) -> Block:
+        """Decode on the engine thread; a corrupt payload becomes silence and is counted."""
+        try:
+            return np.asarray(self._codec_rx.decode(payload), np.float32)
+        except Exception:  # noqa: BLE001 - never let a bad packet reach the engine
+            self.stats.extra["decode_errors"] = self.stats.extra.get("decode_errors", 0) + 1
+            return np.zeros(self.frame, np.float32)
+
+    def _playout_decode_lost(self, payload: bytes | None, samples: int) -> Block:
+        assert self._decode_lost is not None
+        try:
+            return np.asarray(self._decode_lost(payload, samples), np.float32)
+        except Exception:  # noqa: BLE001
+            self.stats.extra["decode_errors"] = self.stats.extra.get("decode_errors", 0) + 1
+            return np.zeros(samples, np.float32)
 
     def _accept(self, pkt: RtpPacket, hdr: Ed137Header | None, now: float) -> bool:
         """Hook for site links (floor arbitration). Runs on the receive thread."""
