@@ -266,14 +266,19 @@ class ResourceSampler:
                                  round(self._proc.memory_info().rss / 2**20, 3),
                                  round(self._proc.cpu_percent(None), 1)))
 
-    def figures(self, warmup_frac: float = 0.2) -> dict[str, Any]:
-        """RSS start/end/min/max (MB), growth after warm-up and its trend (MB per sim hour)."""
+    def figures(self, warmup_frac: float = 0.2, warmup_sim_s: float = 0.0) -> dict[str, Any]:
+        """RSS start/end/min/max (MB), growth after warm-up and its trend (MB per sim hour).
+
+        Warm-up is the first ``warmup_frac`` of the samples, or up to simulated second
+        ``warmup_sim_s`` when that is later (caches, first-use imports, allocator pools).
+        """
         s = self.samples
         if not s:
             return {"samples": []}
         rss = np.array([v[2] for v in s])
         sim = np.array([v[1] for v in s])
-        k = int(len(s) * warmup_frac)
+        k = max(int(len(s) * warmup_frac), int(np.searchsorted(sim, warmup_sim_s)))
+        k = min(k, len(s) - 1)
         tail_rss, tail_sim = rss[k:], sim[k:]
         slope = 0.0
         if len(tail_rss) >= 3 and tail_sim[-1] > tail_sim[0]:
