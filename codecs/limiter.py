@@ -143,3 +143,20 @@ class Limiter:
         ceil32 = np.float32(self.ceiling)
         np.clip(y, -ceil32, ceil32, out=y)
         return y[0] if one_d else y
+
+    def remap(self, rows: list[int | None]) -> Limiter:
+        """Return a limiter whose channel ``k`` continues old channel ``rows[k]`` (``None``: a
+        fresh channel). The engine uses it when ports are added or removed, so the look-ahead
+        of the ports that stay is not thrown away (that would cut samples out of their audio).
+        """
+        new = Limiter(self.rate_hz, len(rows), self.ceiling_dbfs, self.release_ms,
+                      self.lookahead_ms)
+        for k, r in enumerate(rows):
+            if r is None:
+                continue
+            new._env[k] = self._env[r]
+            new._hist_env[k] = self._hist_env[r]
+            new._hist_hold[k] = self._hist_hold[r]
+            new._hist_x[k] = self._hist_x[r]
+            new._last_gr[k] = self._last_gr[r]
+        return new

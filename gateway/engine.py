@@ -225,6 +225,7 @@ class Engine:
         self._alloc(0)
         self._limiter_cls = Limiter
         self._limiter: Limiter | None = None
+        self._limiter_rows: list[str] = []
         self.late_ticks = 0
 
     # ------------------------------------------------------------------ arrays
@@ -242,7 +243,18 @@ class Engine:
     def _rebuild(self) -> None:
         """Re-derive per-row arrays after ports were added or removed."""
         self._row = {name: i for i, name in enumerate(self._order)}
-        self._limiter = self._limiter_cls(self.rate, len(self._order)) if self._order else None
+        n = len(self._order)
+        # keep the limiter's look-ahead of every port that stays: rebuilding it on a gain
+        # change, a profile switch or another port's arrival would cut samples from their audio
+        old = self._limiter_rows
+        if not n:
+            self._limiter = None
+        elif self._limiter is None:
+            self._limiter = self._limiter_cls(self.rate, n)
+        elif old != self._order:
+            rows = [old.index(name) if name in old else None for name in self._order]
+            self._limiter = self._limiter.remap(rows)
+        self._limiter_rows = list(self._order)
         for i, name in enumerate(self._order):
             p = self._ports[name]
             self._rx_gain[i, 0] = 0.0 if p.rx_mute else p.rx_gain

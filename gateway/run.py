@@ -80,10 +80,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
-    control = None
+    # restore saved patches and profiles, and open the control plane, before the first tick
+    control = start_control(gw) if not args.no_control else None
     gw.start()
     try:
-        control = start_control(gw) if not args.no_control else None
         ports = ", ".join(f"{n} ({s.settings.network}/{s.settings.talkgroup})"
                           for n, s in site.ports.items())
         print(f"brug: running {site.path}: {len(site.ports)} ports: {ports}", flush=True)

@@ -329,10 +329,6 @@ def test_level_meters_are_published_at_about_5_hz(rig: Rig) -> None:
     assert max(levels) == pytest.approx(20 * np.log10(0.25 / np.sqrt(2)), abs=1.5)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "engine bug: Engine._rebuild() (called by replace_port, set_gain, set_mute) creates a new "
-    "Limiter for every port, dropping its 1.5 ms look-ahead: each switch cuts 24 samples out "
-    "of the audio of every other port"))
 def test_profile_switch_leaves_other_ports_flowing_without_a_gap(rig: Rig) -> None:
     c, eng = rig.client, rig.gw.engine
     c.patch_create("P", ["be1", "nl1"])

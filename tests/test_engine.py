@@ -295,3 +295,19 @@ def test_line_cor_is_debounced_by_attack_and_hang() -> None:
     eng.run_offline(int(2 * FS) // eng.block)
     cor = [(e.t, e.data["open"]) for e in events if e.topic == "port.a.cor"]
     assert cor == [(8000 + 320, True), (24000 + 1600, False)]
+
+
+def test_adding_a_port_or_changing_a_gain_cuts_nothing_from_other_ports() -> None:
+    rig = Rig(2)
+    rig.engine.create_patch("P", ["a", "b"])
+    x = (0.3 * np.sin(2 * np.pi * 440 * np.arange(2 * FS) / FS)).astype(np.float32)
+    rig.play("a", x, 0.1)
+    rig.run(0.6)
+    rig.engine.set_gain("a", tx_db=-3)
+    rig.add("c")
+    rig.run(0.3)
+    rig.engine.remove_port("c")
+    rig.run(1.6)
+    y = rig.ports["b"].tx
+    k, corr = find(x[8000:24000], y)
+    assert corr > 0.9999     # one continuous copy: no samples dropped or repeated
