@@ -706,12 +706,15 @@ def _stats(vals: Sequence[float]) -> dict[str, float] | None:
 def summarize(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """Run summary over all deliveries of ``records`` (see :func:`measure`)."""
     ds = [d for r in records for d in r["deliveries"]]
-    fwd = [d for d in ds if d["expected"] is not False and d["forwarded"]]
+    # figures over the deliveries that had to be heard (late ones to a busy terminal apart)
+    fwd = [d for d in ds if d["expected"] and d["forwarded"]]
     return {
         "transmissions": len(records),
         "deliveries": len(ds),
         "expected_forwards": sum(1 for d in ds if d["expected"]),
         "forwarded": len(fwd),
+        "forwarded_late_to_busy": sum(1 for d in ds if d["expected"] is None
+                                      and d["forwarded"]),
         "missed": sum(1 for d in ds if d["verdict"] == "MISSED"),
         "lost_busy": sum(1 for d in ds if d["verdict"].startswith("lost: busy")),
         "leaked": sum(1 for d in ds if d["expected"] is False and d["forwarded"]),

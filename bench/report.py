@@ -211,6 +211,8 @@ def write_report(m: Mapping[str, Any], out: Path) -> Path:
         f"| deliveries that had to be heard / were heard | {s['expected_forwards']} / "
         f"{s['forwarded']} |",
         f"| missed (should have been heard) | {s['missed']} |",
+        f"| heard late, after the destination's own over (either is right) | "
+        f"{s.get('forwarded_late_to_busy', 0)} |",
         f"| leaked or forwarded against the floor | {s['leaked']} |",
         f"| lost because the source port was still being keyed (half duplex) | "
         f"{s['lost_busy']} |",
