@@ -225,6 +225,8 @@ def site_plan(scenario: Scenario, site_path: str | Path) -> ReplayPlan:
             if unknown:
                 raise ScenarioError(site_path, patch.line, f"patches.{pname}.members",
                                     f"ports {', '.join(unknown)} carry no scenario talkgroup")
-            return ReplayPlan(scenario, site.engine, ports, pname, tuple(patch.members),
+            members = tuple(patch.members)
+            ports = tuple(dataclasses.replace(p, in_patch=p.name in members) for p in ports)
+            return ReplayPlan(scenario, site.engine, ports, pname, members,
                               patch.mode, dict(patch.priorities), site=str(site_path))
     raise ScenarioError(site_path, 0, "patches", "no patch joins ports of the scenario")

@@ -114,3 +114,39 @@ def test_scripted_squelch_follows_the_schedule_and_repeats() -> None:
     opened = [t for t, o in seen if o]
     assert opened == [100, 150, 200, 250, 1100, 1150, 1200, 1250]
     assert sq.state(1120) == (True, "call A")
+
+
+SITE = """\
+engine: {rate_hz: 16000, block_ms: 5}
+ports:
+  be1: {profile: astrid-mtm5400, device: brug_be1, network: be_astrid, talkgroup: BE-TAC3,
+        pei: {port: /dev/null}}
+  nl1: {profile: c2000-mtm5400, device: brug_nl1, network: nl_c2000, talkgroup: NL-OPS2,
+        pei: {port: /dev/null}}
+patches:
+  OP: {members: [be1, nl1], priorities: {be1: 2}}
+"""
+
+
+def test_site_file_maps_pairs_to_ports_profiles_and_the_patch(tmp_path: Path) -> None:
+    from brug.bench.plan import site_plan
+    from brug.bench.replay import quantize_period, replay_offline
+
+    site = tmp_path / "site.yaml"
+    site.write_text(SITE)
+    sc = quantize_period(load_scenario(BUNDLED_SCENARIO).truncated(12.0))
+    plan = site_plan(sc, site)
+    assert plan.patch_members == ("be1", "nl1") and plan.priorities == {"be1": 2}
+    be1 = plan.port("be1")
+    assert be1.pair == "be_astrid/BE-TAC3" and be1.scripted       # PEI COR -> scripted
+    assert be1.settings.ptt.lead_ms == 400                        # from the TETRA profile
+    assert not plan.port("be_blm.BLM-JOINT").in_patch            # unmapped: default port
+    m = replay_offline(plan, tmp_path / "o", quality=False, progress=False)
+    heard = {(r["id"], d["dest"]) for r in m["transmissions"] for d in r["deliveries"]
+             if d["forwarded"]}
+    assert heard == {("tx001", "nl1"), ("tx002", "be1"), ("tx003", "nl1")}
+    assert m["run"]["ports_outside_patch"]["be_blm.BLM-JOINT"]["ok"]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(SITE.replace("NL-OPS2", "NL-OPS9"))
+    with pytest.raises(ScenarioError, match=r"bad.yaml:\d+: ports.nl1: .*'nl_c2000/NL-OPS9'"):
+        site_plan(sc, bad)
