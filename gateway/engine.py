@@ -664,6 +664,8 @@ class Engine:
             return True      # duplex ports hear and talk at once: nothing to mask
         if not p.settings.squelch.mask_while_tx:
             return True
+        if p.live and p.ptt.granted(t) is False:
+            return True      # the network took our transmission away: what it reports is real
         if p.live or (p.keyed and p.settings.ptt.lead_ms <= 0):
             return False
         return t >= p.unkey_t + self.config.ms(p.settings.ptt.guard_ms)

@@ -102,11 +102,11 @@ def build_port(site: SiteConfig, spec: PortSpec) -> BuiltPort:
         squelch = None if s.squelch.type == "vox" else \
             make_squelch(s.squelch.type, **driver_params(spec, "squelch"))
         ptt = make_ptt(s.ptt.type, **driver_params(spec, "ptt"))
+        bind = getattr(port, "bind_drivers", None)
+        if callable(bind):
+            bind(squelch, ptt)
     except (TypeError, ValueError) as exc:
         raise ConfigError(site.path, spec.line, f"ports.{spec.name}", str(exc)) from None
-    bind = getattr(port, "bind_drivers", None)
-    if callable(bind):
-        bind(squelch, ptt)
     return BuiltPort(port, s, squelch, ptt)
 
 

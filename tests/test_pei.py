@@ -339,3 +339,16 @@ def test_result_code_parser_never_raises_on_garbage() -> None:
         assert isinstance(conn.rx_open, bool) and isinstance(conn.rx_info, str)
 
     check()
+
+
+def test_select_talkgroup_live_and_refusal(term: SimTerminal, pair: Pair) -> None:
+    pair.ptt.select_talkgroup("1002")
+    assert wait_for(lambda: term.gssi == 1002)
+    assert wait_for(lambda: pair.saw("talkgroup 1002 selected"))
+    pair.ptt.set_tx(True)                             # the next over calls the new group
+    assert wait_for(lambda: pair.ptt.granted(0))
+    assert "ATD1002" in term.log
+    pair.ptt.set_tx(False)
+    pair.ptt.select_talkgroup("4242")                 # not allowed on this terminal
+    assert wait_for(lambda: pair.saw("talkgroup 4242 refused"))
+    assert term.gssi == 1002

@@ -100,6 +100,7 @@ class PeiConnection:
         self.errors = 0
         self.reconnects = 0
         self._want_tx = False
+        self._pending_gssi: tuple[int, str] | None = None   # talkgroup to select next
         self._tx = False                    # what the terminal was last told
         self._need_cutxc = False
         self._events: list[Event] = []
@@ -358,6 +359,26 @@ class PeiConnection:
                     self._emit(f"PEI unkey refused: {final}", key="unkey_refused",
                                reply=final)
 
+    def select(self, gssi: int, label: str = "") -> None:
+        """Ask the PEI thread to select talkgroup ``gssi`` (``AT+CTGS=1,<gssi>``); the
+        outcome is an event (``port.<name>.pei``, or a fault when the terminal refuses)."""
+        self._pending_gssi = (int(gssi), label)
+        self._wake.set()
+
+    def _apply_select(self) -> None:
+        pending, self._pending_gssi = self._pending_gssi, None
+        if pending is None:
+            return
+        gssi, label = pending
+        ok, _, final = self._cmd(f"AT+CTGS=1,{gssi}")
+        if not ok:
+            self._emit(f"PEI talkgroup {gssi} refused: {final}", fault=True,
+                       fault_kind="talkgroup", gssi=gssi, reply=final)
+            return
+        self.gssi = gssi
+        self.label = f"{label} ({gssi})" if label else str(gssi)
+        self._emit(f"PEI talkgroup {self.label} selected", state="talkgroup", gssi=gssi)
+
     def _keepalive(self) -> None:
         self._last_probe = time.monotonic()
         if self.gssi is None:
@@ -391,6 +412,8 @@ class PeiConnection:
                     faulted = False
                     backoff = 0.25
                 self._apply_tx()
+                if self._pending_gssi is not None:
+                    self._apply_select()
                 line = self._readline(time.monotonic() + 0.02)
                 if line is not None and not line.upper().startswith("AT") and line != "OK":
                     if not self._unsolicited(line):
@@ -489,9 +512,26 @@ class PeiPtt(Ptt):
                  **params: Any) -> None:
         self.port, self.params = _conn_args(port, pei, params)
         self.gssi = resolve_gssi(gssi, talkgroup, network)
+        self.network = network
         self.label = str(talkgroup) if talkgroup and not str(talkgroup).isdigit() else ""
         self.name = name or self.port
         self.conn: PeiConnection | None = None
+
+    def select_talkgroup(self, talkgroup: str) -> None:
+        """Select ``talkgroup`` (alias in this port's network, or a GSSI) on the terminal.
+
+        Raises SignallingConfigError for an unknown talkgroup; the terminal's answer comes
+        back as an event.
+        """
+        gssi = resolve_gssi(None, talkgroup, self.network)
+        if gssi is None:
+            raise SignallingConfigError(f"talkgroup {talkgroup!r} has no GSSI")
+        self.gssi = gssi
+        self.label = talkgroup if not talkgroup.isdigit() else ""
+        if self.conn is None:
+            self.open()
+        assert self.conn is not None
+        self.conn.select(gssi, self.label)
 
     def open(self) -> None:
         if self.conn is None:
