@@ -32,9 +32,14 @@ venv: system $(BIN)/brug
 demo: venv
 	$(BIN)/brug demo
 
+# mypy checks the code under its import names (brug.codecs, ...) through a tree of links: run on
+# the folders themselves, the local codecs/ would shadow the standard library's codecs module.
+TYPECHECK := build/typecheck
 lint: venv
 	$(BIN)/ruff check .
-	$(BIN)/mypy gateway codecs talkgroups hw_profiles bench
+	rm -rf $(TYPECHECK) && mkdir -p $(TYPECHECK)/brug
+	for d in gateway codecs talkgroups hw_profiles bench; do ln -s ../../../$$d $(TYPECHECK)/brug/$$d; done
+	cd $(TYPECHECK) && ../../$(BIN)/mypy --config-file ../../pyproject.toml -p brug
 
 test: venv lint
 	$(BIN)/python -m pytest -q

@@ -201,8 +201,10 @@ def soak_offline(plan: ReplayPlan, out: Path, hours: float, *, limits: SoakLimit
             uniq.append(f)
     if len(uniq) > 12:
         uniq = uniq[:12] + [f"... and {len(uniq) - 12} more"]
-    metrics = {
-        "schema": "brug-bench-metrics/1", "mode": "soak-offline", "scenario": scenario_info(sc),
+    info = scenario_info(sc)
+    info["loops"] = n_loops
+    metrics: dict[str, Any] = {
+        "schema": "brug-bench-metrics/1", "mode": "soak-offline", "scenario": info,
         "hours": hours, "engine": dataclasses.asdict(plan.engine), "site": plan.site,
         "ports": plan.describe(),
         "patch": {"name": plan.patch_name, "members": list(plan.patch_members),
@@ -216,6 +218,5 @@ def soak_offline(plan: ReplayPlan, out: Path, hours: float, *, limits: SoakLimit
         "summary": summarize(last_records), "first_loop_summary": summarize(first_records),
         "run": run, "loops": loops, "transmissions": last_records,
     }
-    metrics["scenario"]["loops"] = n_loops
     write_json(out / "metrics.json", metrics)
     return metrics

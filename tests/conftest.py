@@ -34,6 +34,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from brug.gateway.soundcards import CardNames, SoundCards, refresh_portaudio
 
 

@@ -26,10 +26,11 @@ from typing import Any
 import numpy as np
 import pytest
 import sounddevice as sd
-from helpers import load_wav, xcorr_delay, xcorr_peak
 
 from brug.gateway.service import Gateway
 from brug.gateway.site import parse_site_text
+
+from helpers import load_wav, xcorr_delay, xcorr_peak
 
 FS = 48000
 DATA = Path(__file__).parent / "data"

@@ -10,10 +10,11 @@ import time
 
 import numpy as np
 import sounddevice as sd
-from conftest import VirtualCards
-from helpers import dropouts, load_wav, tone, xcorr_delay, xcorr_peak
 
 from brug.gateway.ports.soundcard import SoundCardPort
+
+from conftest import VirtualCards
+from helpers import dropouts, load_wav, tone, xcorr_delay, xcorr_peak
 
 FS = 48000
 ENGINE = 16000

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import sounddevice as sd
+
 from brug.gateway.soundcards import SoundCards
+
 from conftest import VirtualCards
 from helpers import Player, Recorder, load_wav, tone, xcorr_delay, xcorr_peak
 

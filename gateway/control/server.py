@@ -19,6 +19,7 @@ import collections
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -255,7 +256,7 @@ class ControlServer:
             collections.OrderedDict())
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._unsub: list[Any] = []
+        self._unsub: list[Callable[[], None]] = []
         self._ctx: zmq.Context[zmq.Socket[bytes]] | None = None
 
     # ------------------------------------------------------------------ lifecycle
@@ -304,8 +305,10 @@ class ControlServer:
         eng = self.gateway.engine
         for u in self._unsub:
             if eng.running:      # the engine iterates its taps: remove between ticks
+                def remove(_e: Engine, u: Callable[[], None] = u) -> None:
+                    u()
                 try:
-                    eng.submit(lambda e, u=u: u()).result(1.0)
+                    eng.submit(remove).result(1.0)
                 except Exception:  # noqa: BLE001 - engine stopped meanwhile
                     u()
             else:
