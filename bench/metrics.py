@@ -604,6 +604,14 @@ def measure(plan: ReplayPlan, txs: Sequence[Transmission], outputs: Mapping[str,
                     expect, reason = False, e.cut_reason or reason
                 else:
                     src_cmp = src[:keep]
+            if expect is False and reason == "floor":
+                # the gateway was transmitting on the source port when this over began, so it
+                # could not hear the start (a half-duplex terminal is deaf while it transmits);
+                # once it unkeys, the rest of the over is a new reception: either is right
+                mask_end = _busy_at(ev, src_port.name, e.cor_open_s,
+                                    src_port.settings.ptt.guard_ms / 1000.0)
+                if mask_end is not None and mask_end < e.cor_close_s - 0.2:
+                    expect, reason = None, "src_masked: gateway was transmitting on the source"
             if expect:
                 busy = _dest_busy(cors, pp, e.cor_open_s, e.cor_close_s, tx.id)
                 if busy is not None:

@@ -7,7 +7,11 @@ ports the gateway is transmitting on) and gets back what changed. Times are engi
 Half duplex (radio semantics)
     The first member whose COR opens takes the floor; the gateway keys every other idle member
     and routes the holder's audio to them. A member that keys up while another holds the floor
-    is *blocked*: not forwarded, not keyed while it is busy, and reported once per over. A member
+    is *blocked*: not forwarded, not keyed while it is busy, and reported once per over. A
+    blocked over stays blocked until that member's COR drops, even when the holder releases
+    first: forwarding its remainder would put a half sentence (or, with pre-roll, seconds-old
+    audio) on the air, and an analog or TETRA talker cannot be told that it now has the floor.
+    The talker keys up again and gets it. The same holds for a holder that was pre-empted. A member
     with strictly higher priority pre-empts the holder. If two members open in the same tick the
     higher priority wins, then the earlier COR edge, then member order. A time-out timer (TOT)
     ends an over that lasts too long; the holder then stays locked out until its COR drops
@@ -116,9 +120,11 @@ class Floor:
         within one tick). Returns the changes, in the order they happened.
         """
         changes: list[FloorChange] = []
-        # a TOT lock lasts until that port's COR drops
+        # a TOT lock and a blocked over last until that port's COR drops
         for p in [p for p in self._tot_locked if not cor.get(p, False)]:
             self._tot_locked.discard(p)
+        for p in [p for p in self._blocked if not cor.get(p, False)]:
+            self._blocked.discard(p)
         active = [p for p in self.members if cor.get(p, False) and p not in self._tot_locked]
         if self.mode is Mode.FULL_DUPLEX:
             talkers = tuple(active)
@@ -143,8 +149,9 @@ class Floor:
                 changes.append(FloorChange("tot", prev, prev,
                                            f"time-out timer {tot} samples"))
                 changes.append(FloorChange("floor", None, prev, "tot"))
-        contenders = sorted(active, key=lambda p: (-self.priority(p), cor_since.get(p, t),
-                                                   self.members.index(p)))
+        free = [p for p in active if p not in self._blocked]
+        contenders = sorted(free, key=lambda p: (-self.priority(p), cor_since.get(p, t),
+                                                 self.members.index(p)))
         if self.holder is None:
             if contenders:
                 winner = contenders[0]
@@ -165,12 +172,13 @@ class Floor:
                                            f"{self.priority(prev)}"))
                 changes.append(FloorChange("floor", best, prev, "pre-empted"))
         # blocked talkers: busy members that are not the holder, reported once per over
+        # (with no holder every busy member is already blocked: a free one would have won)
         busy = {p for p in active if p != self.holder}
         for p in self.members:
             if p in busy and p not in self._blocked and self.holder is not None:
                 changes.append(FloorChange("blocked", p, self.holder,
                                            f"floor held by {self.holder}"))
-        self._blocked = busy if self.holder is not None else set()
+        self._blocked |= busy
         self.talkers = (self.holder,) if self.holder else ()
         return changes
 

@@ -74,9 +74,6 @@ def test_tot_cuts_the_long_over_and_blocked_units_are_reported(
     assert "be_blm.BLM-JOINT" in blocked                  # tx008 keyed up 100 ms after tx007
 
 
-@pytest.mark.xfail(strict=True, reason="engine: a member blocked by the floor takes it when "
-                   "the holder releases and its over is then forwarded seconds late (tx026); "
-                   "DESIGN.md says a blocked member is not forwarded")
 def test_nothing_is_forwarded_against_the_floor(run: tuple[Path, dict[str, Any]]) -> None:
     _, m = run
     wrong = [(r["id"], d["dest"], d["verdict"]) for r, d in _deliveries(m) if not d["ok"]]

@@ -22,8 +22,24 @@ def test_first_come_holds_and_second_is_blocked_once() -> None:
     assert f.holder == "a"
     assert f.routes() == {"c": ("a",)}          # a busy terminal is not keyed
     assert run(f, 25 * MS, {"a": True, "b": True}, {"a": 0, "b": 20 * MS}) == []  # once per over
-    assert run(f, 30 * MS, {"a": False, "b": True}, {"a": 0, "b": 20 * MS}) == \
-        ["floor:None", "floor:b"]
+    # the holder releases while b still talks: b's over started against the floor and stays
+    # blocked (no half sentence on the air); b gets the floor when it keys up again
+    assert run(f, 30 * MS, {"a": False, "b": True}, {"a": 0, "b": 20 * MS}) == ["floor:None"]
+    assert f.routes() == {} and f.blocked == {"b"}
+    assert run(f, 40 * MS, {"a": False, "b": False}, {"a": 0, "b": 20 * MS}) == []
+    assert run(f, 50 * MS, {"a": False, "b": True}, {"a": 0, "b": 50 * MS}) == ["floor:b"]
+    assert f.routes() == {"a": ("b",), "c": ("b",)}
+
+
+def test_a_preempted_holder_does_not_retake_the_floor_mid_over() -> None:
+    f = Floor("P", ["a", "b", "c"], priorities={"b": 1})
+    run(f, 0, {"a": True}, {"a": 0})
+    assert run(f, 80, {"a": True, "b": True}, {"a": 0, "b": 80}) == \
+        ["preempt:b", "floor:b", "blocked:a"]
+    assert run(f, 160, {"a": True, "b": False}, {"a": 0, "b": 80}) == ["floor:None"]
+    assert f.holder is None and f.routes() == {}
+    assert run(f, 240, {"a": True, "c": True}, {"a": 0, "c": 240}) == ["floor:c"]
+    assert f.routes() == {"b": ("c",)}          # a is still busy: not keyed
 
 
 def test_same_tick_contention_priority_then_earlier_edge() -> None:
