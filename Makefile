@@ -10,7 +10,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Debian packages the gateway, the suite and the demo need (audio server, PortAudio, codecs, RTP peers).
 DEB_PACKAGES := libportaudio2 pulseaudio pulseaudio-utils libasound2-plugins alsa-utils \
 	libsndfile1 libopus0 libsoxr0 ffmpeg gstreamer1.0-tools gstreamer1.0-plugins-base \
-	gstreamer1.0-plugins-good sox python3-venv python3-dev gcc
+	gstreamer1.0-plugins-good sox python3-venv python3-dev gcc libcodec2-dev
 
 .PHONY: demo test lint typecheck bench system venv clean
 

@@ -7,17 +7,24 @@ Codec registry
 --------------
 ``get_encoder(name, **params)`` / ``get_decoder(name, **params)`` build a codec by name:
 
-============== =========================================================== ============
-name           what                                                        rate (Hz)
-============== =========================================================== ============
-``pcma``       G.711 A-law, 20 ms frames                                   8000
-``pcmu``       G.711 u-law, 20 ms frames                                   8000
-``l16``        linear 16-bit big-endian; ``rate=``, ``l16-16k`` = 16000   any
-``opus``       Opus (libopus); ``bitrate=`` 8000-32000, ``rate=``;         16000
-               ``opus-16k`` = 16 kbit/s
+=============== ========================================================== ============
+name            what                                                       rate (Hz)
+=============== ========================================================== ============
+``pcma``        G.711 A-law, 20 ms frames                                  8000
+``pcmu``        G.711 u-law, 20 ms frames                                  8000
+``l16``         linear 16-bit big-endian; ``rate=``, ``l16-16k`` = 16000  any
+``g722``        G.722 64 kbit/s, 20 ms frames (the ``g722`` package)       16000
+``opus``        Opus (libopus); ``bitrate=`` 8000-32000 (default 16000),   16000
+                ``rate=``, ``frame_ms=``, ``fec=``, ``loss_percent=``,
+                ``complexity=``; ``opus-16k`` = 16 kbit/s
 ``codec2-NNNN`` Codec2 at NNNN bit/s (3200, 2400, 1600, 1400, 1300, 1200,  8000
-               700C), only where the ``pycodec2`` binding is installed
-============== =========================================================== ============
+                700C) through the ``pycodec2`` binding; ``codec2`` = 3200
+=============== ========================================================== ============
+
+Parameters are checked where the codec is built: a value out of range raises ``ValueError``
+with the codec, the parameter and the allowed values (``opus: bitrate must be 8000..32000
+bit/s, got 64000``). Each encoder reports its codec delay (``delay_samples``) so a chain can be
+time-aligned (:mod:`brug.codecs.transcode`).
 
 A name the registry does not know raises :class:`UnknownCodecError` listing the known names; a
 known codec whose library cannot load raises :class:`CodecUnavailableError` saying what is
@@ -75,13 +82,16 @@ _FAMILIES: dict[str, _Family] = {
                     "nothing (built in)"),
     "l16": _Family("brug.codecs.l16", "L16Encoder", "L16Decoder", _k_suffix("rate"),
                    ("l16", "l16-16k", "l16-48k"), "nothing (built in)"),
+    "g722": _Family("brug.codecs.g722", "G722Encoder", "G722Decoder", _no_suffix, ("g722",),
+                    "the Python package 'g722' (pip install g722)"),
     "opus": _Family("brug.codecs.opus", "OpusEncoder", "OpusDecoder", _k_suffix("bitrate"),
                     ("opus", "opus-8k", "opus-12k", "opus-16k", "opus-24k", "opus-32k"),
                     "the Python package 'opuslib' and the Debian package 'libopus0'"),
     "codec2": _Family("brug.codecs.codec2", "Codec2Encoder", "Codec2Decoder", _codec2_suffix,
                       ("codec2-3200", "codec2-2400", "codec2-1600", "codec2-1400",
                        "codec2-1300", "codec2-1200", "codec2-700C"),
-                      "the Python package 'pycodec2' (needs libcodec2-dev to build)"),
+                      "the Python package 'pycodec2' (pip install pycodec2; building it from "
+                      "source needs Debian's libcodec2-dev)"),
 }
 
 
