@@ -22,6 +22,7 @@ COMMAND_MODULES: list[str] = [
     "brug.gateway.sim",
     "brug.gateway.soundcards",
     "brug.gateway.devices",
+    "brug.gateway.transcode_cli",
     "brug.bench.cli",
 ]
 
