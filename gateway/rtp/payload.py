@@ -1,8 +1,9 @@
 """RTP payload formats: name -> clock rate, static payload type, frame encoder/decoder.
 
-Uses the codec registry of :mod:`brug.codecs` when it provides ``get_encoder``/``get_decoder``
-for the payload; otherwise a small local adapter: G.711 A-law/u-law in numpy (the ITU-T G.711
-segment algorithm) and Opus through ``opuslib`` (RFC 7587: 48 kHz RTP clock).
+Uses the codec registry of :mod:`brug.codecs` when its codec runs at the payload's rate and
+frames the packet exactly; otherwise a small local adapter: G.711 through
+:mod:`brug.codecs.g711`'s functions (any ptime) and Opus through ``opuslib`` (RFC 7587: 48 kHz
+RTP clock).
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
+
+from brug.codecs import g711
 
 Pcm = npt.NDArray[np.float32]
 
@@ -37,49 +40,27 @@ FORMATS = {
     "opus": PayloadFormat("opus", 48000, 16000, None),
 }
 
-_SEG_END = np.array([0xFF, 0x1FF, 0x3FF, 0x7FF, 0xFFF, 0x1FFF, 0x3FFF, 0x7FFF], np.int32)
-
 
 def _to_int16(x: Pcm) -> npt.NDArray[np.int32]:
     return np.clip(np.round(x * 32768.0), -32768, 32767).astype(np.int32)
 
 
+# G.711 is brug.codecs.g711's (bit-exact with the ITU-T reference and audioop); these thin
+# wrappers keep the bytes-in/bytes-out shape the RTP code uses.
 def alaw_encode(x: Pcm) -> bytes:
-    v = _to_int16(x) >> 3
-    mask = np.where(v >= 0, 0xD5, 0x55)
-    v = np.where(v >= 0, v, -v - 1)
-    seg = np.searchsorted(_SEG_END >> 3, v)
-    aval = np.where(seg >= 8, 0x7F,
-                    (np.minimum(seg, 7) << 4)
-                    | ((v >> np.where(seg < 2, 1, seg)) & 0xF))
-    return ((aval ^ mask) & 0xFF).astype(np.uint8).tobytes()
+    return g711.lin2alaw(x).tobytes()
 
 
 def alaw_decode(b: bytes) -> Pcm:
-    a = np.frombuffer(b, np.uint8).astype(np.int32) ^ 0x55
-    t = (a & 0x0F) << 4
-    seg = (a & 0x70) >> 4
-    t = np.where(seg == 0, t + 8,
-                 np.where(seg == 1, t + 0x108, (t + 0x108) << np.maximum(seg - 1, 0)))
-    t = np.where(a & 0x80, t, -t)
-    return (t / 32768.0).astype(np.float32)
+    return g711.alaw2float(b).copy()
 
 
 def ulaw_encode(x: Pcm) -> bytes:
-    v = _to_int16(x) >> 2
-    mask = np.where(v < 0, 0x7F, 0xFF)
-    v = np.minimum(np.abs(v), 8159) + 0x21
-    seg = np.searchsorted(_SEG_END >> 2, v)
-    s7 = np.minimum(seg, 7)
-    uval = np.where(seg >= 8, 0x7F, (s7 << 4) | ((v >> (s7 + 1)) & 0xF))
-    return ((uval ^ mask) & 0xFF).astype(np.uint8).tobytes()
+    return g711.lin2ulaw(x).tobytes()
 
 
 def ulaw_decode(b: bytes) -> Pcm:
-    u = ~np.frombuffer(b, np.uint8).astype(np.int32) & 0xFF
-    t = (((u & 0x0F) << 3) + 0x84) << ((u & 0x70) >> 4)
-    t = np.where(u & 0x80, 0x84 - t, t - 0x84)
-    return (t / 32768.0).astype(np.float32)
+    return g711.ulaw2float(b).copy()
 
 
 class _G711:
