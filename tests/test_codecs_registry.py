@@ -198,8 +198,12 @@ def test_opus_without_libopus_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
     real = ctypes.util.find_library
     monkeypatch.setattr(ctypes.util, "find_library",
                         lambda n: None if n == "opus" else real(n))
-    with pytest.raises(CodecUnavailableError) as ei:
-        get_encoder("opus")
+    try:
+        with pytest.raises(CodecUnavailableError) as ei:
+            get_encoder("opus")
+    finally:                  # drop what the failed import left; monkeypatch restores the rest
+        for m in [m for m in sys.modules if m == "opuslib" or m.startswith("opuslib.")]:
+            del sys.modules[m]
     assert "opuslib cannot load libopus: Could not find Opus library" in str(ei.value)
     assert str(ei.value).endswith("'libopus0'")
 
