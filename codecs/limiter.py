@@ -62,6 +62,9 @@ class Limiter:
         self.ceiling = float(10.0 ** (ceiling_dbfs / 20.0))
         self._lookahead = int(round(lookahead_ms * rate_hz / 1000.0))
         self._rel_db_per_sample = 20.0 / (release_ms * rate_hz / 1000.0)
+        #: a block whose peak is at or below this needs no reduction (the float32 ceiling
+        #: may round below the float64 one: take the lower)
+        self._quiet_peak = min(self.ceiling, float(np.float32(self.ceiling)))
         self.reset()
 
     @property
@@ -109,6 +112,38 @@ class Limiter:
         if m == 0:
             return x[0] if one_d else x
         la = self._lookahead
+        # the delayed audio, for every channel
+        if la:
+            xd = np.concatenate([self._hist_x, x], axis=1)
+            self._hist_x = xd[:, -la:].copy()
+            xd = xd[:, :m]
+        else:
+            xd = x
+        # channels with nothing to limit (no sample above the ceiling, no reduction pending)
+        # pass unchanged: the full computation would give them a gain of exactly 1.0
+        busy = np.abs(x).max(axis=1) > self._quiet_peak
+        busy |= self._env > 0.0
+        if la:
+            busy |= self._hist_env.any(axis=1) | self._hist_hold.any(axis=1)
+        if not busy.any():
+            self._last_gr[:] = 0.0
+            y = xd.astype(np.float32, copy=True)
+        else:
+            rows = None if busy.all() else np.flatnonzero(busy)
+            y = xd.astype(np.float32, copy=True)
+            if rows is None:
+                y[:] = self._reduce(x, xd, slice(None))
+            else:
+                y[rows] = self._reduce(x[rows], xd[rows], rows)
+        ceil32 = np.float32(self.ceiling)
+        np.clip(y, -ceil32, ceil32, out=y)
+        return y[0] if one_d else y
+
+    def _reduce(self, x: NDArray[np.float32], xd: NDArray[np.float32],
+                rows: slice | NDArray[np.intp]) -> NDArray[np.float32]:
+        """Gain-reduce channels ``rows`` (``x`` the new block, ``xd`` its delayed audio)."""
+        la = self._lookahead
+        n_ch, m = x.shape
         mag = np.abs(x.astype(np.float64))
         with np.errstate(divide="ignore"):
             need = np.maximum(20.0 * np.log10(np.maximum(mag, np.float64(1e-30)) / self.ceiling),
@@ -117,32 +152,26 @@ class Limiter:
         r = self._rel_db_per_sample
         k = np.arange(m, dtype=np.float64)
         env = np.maximum.accumulate(need + r * k, axis=1) - r * k
-        env = np.maximum(env, self._env[:, None] - r * (k + 1.0))
-        self._env = env[:, -1].copy()
+        env = np.maximum(env, self._env[rows][:, None] - r * (k + 1.0))
+        self._env[rows] = env[:, -1]
         if la:
             # 2. running max over L+1 and 3. moving mean over L+1
-            ext = np.concatenate([self._hist_env, env], axis=1)
+            ext = np.concatenate([self._hist_env[rows], env], axis=1)
             hold = sliding_window_view(ext, la + 1, axis=1).max(axis=2)
-            ext_h = np.concatenate([self._hist_hold, hold], axis=1)
+            ext_h = np.concatenate([self._hist_hold[rows], hold], axis=1)
             c = np.cumsum(ext_h, axis=1)
-            c = np.concatenate([np.zeros((self.channels, 1)), c], axis=1)
+            c = np.concatenate([np.zeros((n_ch, 1)), c], axis=1)
             smooth = (c[:, la + 1:] - c[:, :-la - 1]) / (la + 1)
             # keep it >= every covered value despite summation rounding
             smooth = np.maximum(smooth, sliding_window_view(ext_h, la + 1, axis=1).min(axis=2))
-            self._hist_env = ext[:, -la:].copy()
-            self._hist_hold = ext_h[:, -la:].copy()
-            xd = np.concatenate([self._hist_x, x], axis=1)
-            self._hist_x = xd[:, -la:].copy()
-            xd = xd[:, :m]
+            self._hist_env[rows] = ext[:, -la:]
+            self._hist_hold[rows] = ext_h[:, -la:]
         else:
             smooth = env
-            xd = x
         gain = np.power(np.float64(10.0), -smooth / 20.0)
-        self._last_gr = smooth[:, -1].copy()
-        y = (xd * gain).astype(np.float32)
-        ceil32 = np.float32(self.ceiling)
-        np.clip(y, -ceil32, ceil32, out=y)
-        return y[0] if one_d else y
+        self._last_gr[rows] = smooth[:, -1]
+        out: NDArray[np.float32] = (xd * gain).astype(np.float32)
+        return out
 
     def remap(self, rows: list[int | None]) -> Limiter:
         """Return a limiter whose channel ``k`` continues old channel ``rows[k]`` (``None``: a

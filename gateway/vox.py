@@ -115,6 +115,9 @@ class VoxBank:
         n = x.shape[1]
         f = self.frame
         sq = np.square(x, dtype=np.float64)
+        if self._acc_n == 0 and n and n % f == 0:
+            # the usual case: the block is whole frames and nothing is carried over
+            return self._frames(t0, f, sq.reshape(self.n, n // f, f).sum(axis=2), edges)
         # complete the frame carried over from the last block, then all whole frames at once
         head = min(f - self._acc_n, n)
         self._acc += sq[:, :head].sum(axis=1)
@@ -129,10 +132,30 @@ class VoxBank:
         tail = head + n_whole * f
         self._acc = sq[:, tail:].sum(axis=1)
         self._acc_n = n - tail
+        return self._frames(t0, head, sums, edges)
+
+    def _frames(self, t0: int, head: int, sums: npt.NDArray[np.float64],
+                edges: list[VoxEdge]) -> list[VoxEdge]:
+        """Decide on whole frames (``sums`` of squares, ports x frames); the first ends at
+        ``t0 + head``."""
+        f = self.frame
         levels = 10.0 * np.log10(sums / f + _EPS)
         above_all = levels >= self.open_db[:, None]
         below_all = levels < self.close_db[:, None]
-        for k in range(levels.shape[1]):
+        frames = levels.shape[1]
+        # can any port change state in this block? Its run of loud (quiet) frames would have
+        # to reach the attack (hang) inside it. Usually not: then only the runs move on.
+        may_open = ~self.is_open & self.enabled & above_all.any(axis=1) & \
+            (self._above + frames >= self.attack_frames)
+        may_close = self.is_open & (~self.enabled | (below_all.any(axis=1) &
+                                                     (self._below + frames >= self.hang_frames)))
+        if not (may_open | may_close).any():
+            runs = _runs(np.concatenate([above_all, below_all]),
+                         np.concatenate([self._above, self._below]))
+            self._above, self._below = runs[:self.n], runs[self.n:]
+            self.level_db = levels[:, -1]
+            return edges
+        for k in range(frames):
             above, below = above_all[:, k], below_all[:, k]
             self._above = np.where(above, self._above + 1, 0)
             self._below = np.where(below, self._below + 1, 0)
@@ -148,3 +171,12 @@ class VoxBank:
                 self.is_open = (self.is_open | opening) & ~closing
         self.level_db = levels[:, -1]
         return edges
+
+
+def _runs(hits: npt.NDArray[np.bool_], before: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+    """Length of the run of True at the end of each row of ``hits`` (frames), continuing the
+    run ``before`` the block when the whole row is True."""
+    k = hits.shape[1]
+    miss = ~hits
+    trailing = np.argmax(miss[:, ::-1], axis=1)        # Trues after the last False
+    return np.where(miss.any(axis=1), trailing, before + k)

@@ -87,3 +87,16 @@ def test_bench_limiter_5ms(benchmark: Any, channels: int) -> None:
     x = np.full((channels, 240), 0.5, np.float32)
     y = benchmark(lim.process, x)
     assert y.shape == x.shape
+
+
+def test_each_channel_is_limited_as_if_it_were_alone() -> None:
+    """Quiet channels take a shortcut; a port's output must not depend on its neighbours."""
+    x = _hot(16000, 3)
+    x[2, 9000:9100] = 1.5                 # a late overload on another channel
+    together = Limiter(48000, 3)
+    alone = [Limiter(48000, 1) for _ in range(3)]
+    y = np.concatenate([together.process(x[:, i:i + 240]) for i in range(0, 16000, 240)], axis=1)
+    for c in range(3):
+        yc = np.concatenate([alone[c].process(x[c, i:i + 240]) for i in range(0, 16000, 240)])
+        np.testing.assert_array_equal(y[c], yc)
+    assert float(np.abs(y[2, 9000:9200]).max()) <= 10 ** (-1 / 20) * (1 + 1e-7)
