@@ -72,6 +72,25 @@ def _resample(x: Array, fs_in: int, fs_out: int) -> Array:
     return np.asarray(soxr.resample(x, fs_in, fs_out, quality="HQ"), np.float32)
 
 
+def path_filters(src: PortPlan, dst: PortPlan, x: Array, fs: int) -> Array:
+    """``x`` (at ``fs``) through the voice filters the gateway applies on the way from ``src``
+    to ``dst`` (the source's receive chain, the destination's transmit chain), so a delivery
+    is judged against what the gateway is configured to deliver. The squelch tail is not
+    removed here (the over's end is judged as it is)."""
+    from brug.gateway.engine import build_filters
+
+    out = x
+    if src.settings.filters:
+        rx = build_filters(src.settings.filters, fs)[0]
+        if rx is not None:
+            out = rx.process(out)
+    if dst.settings.filters:
+        tx = build_filters(dst.settings.filters, fs)[1]
+        if tx is not None:
+            out = tx.process(out)
+    return np.asarray(out, np.float32)
+
+
 def frame_energy(x: Array, n: int) -> npt.NDArray[np.float64]:
     """Mean square per frame of ``n`` samples (a partial last frame is dropped)."""
     k = len(x) // n
@@ -596,7 +615,7 @@ def measure(plan: ReplayPlan, txs: Sequence[Transmission], outputs: Mapping[str,
             expect: bool | None = patched and e.reason in ("patched", "priority")
             reason = e.reason if patched else "not_patched"
             fa = min(fs_src, fs_dst, rate)
-            src = _resample(x, fs_src, fa)
+            src = path_filters(src_port, pp, _resample(x, fs_src, fa), fa)
             src_cmp = src
             if expect and e.forward_until_s is not None:
                 keep = max(0, int((e.forward_until_s - tx.start_s) * fa))

@@ -33,6 +33,7 @@ from typing import Any, TypeVar
 import numpy as np
 import numpy.typing as npt
 
+from brug.codecs.filters import Chain, build_chain
 from brug.codecs.limiter import Limiter
 from brug.gateway.events import Event, EventBus
 from brug.gateway.ports.base import Port
@@ -146,6 +147,33 @@ class PortSettings:
     tx_gain_db: float = 0.0
     profile: str | None = None
     kind: str = "soundcard"
+    #: Voice filters (a profile's ``filters`` section, keys of
+    #: :func:`brug.codecs.filters.build_chain`): everything but pre-emphasis filters the
+    #: receive audio before VOX; ``preemphasis``/``pre_emphasis_us`` filter what the port
+    #: transmits (before the limiter); ``squelch_tail_ms`` is removed from the end of each over.
+    filters: Mapping[str, Any] = field(default_factory=dict)
+
+
+#: Filter keys that act on what a port transmits; the rest act on what it receives.
+TX_FILTER_KEYS = ("preemphasis", "pre_emphasis_us")
+#: VOX hears silence from a port for this long after its receive filters were built, ms: a
+#: filter meeting a line that already carries hum or an offset rings while it settles (a hum
+#: notch takes about 0.3 s to reach 40 dB), and that must not key up the patch.
+RX_SETTLE_MS = 400.0
+
+
+def build_filters(filters: Mapping[str, Any], rate_hz: int) -> tuple[Chain | None, Chain | None,
+                                                                      int]:
+    """Receive chain, transmit chain (``None`` when empty) and squelch tail (engine samples)
+    for a port's ``filters`` mapping. Raises ``ValueError`` naming a bad key or value."""
+    tail_ms = float(filters.get("squelch_tail_ms", 0.0) or 0.0)
+    if tail_ms < 0:
+        raise ValueError(f"squelch_tail_ms must be >= 0, got {tail_ms:g}")
+    rx = build_chain({k: v for k, v in filters.items()
+                      if k not in TX_FILTER_KEYS and k != "squelch_tail_ms"}, rate_hz)
+    tx = build_chain({k: v for k, v in filters.items() if k in TX_FILTER_KEYS}, rate_hz)
+    return (rx if len(rx) else None, tx if len(tx) else None,
+            int(round(tail_ms * rate_hz / 1000.0)))
 
 
 @dataclass
@@ -179,6 +207,10 @@ class _Port:
     rx_mute: bool = False
     tx_mute: bool = False
     tx_level_db: float = -120.0
+    rx_chain: Chain | None = None
+    tx_chain: Chain | None = None
+    tail: int = 0              # squelch tail removed from the end of this port's overs
+    settle_until: int = 0      # VOX ignores this port's audio until then (filters settling)
     overs: int = 0
     skipped: int = 0
     dropped: int = 0
@@ -226,6 +258,9 @@ class Engine:
         self._limiter_cls = Limiter
         self._limiter: Limiter | None = None
         self._limiter_rows: list[str] = []
+        self._rx_chains: list[tuple[int, Chain]] = []
+        self._tx_chains: list[tuple[int, Chain]] = []
+        self._settling = False
         self.late_ticks = 0
 
     # ------------------------------------------------------------------ arrays
@@ -258,6 +293,9 @@ class Engine:
         for i, name in enumerate(self._order):
             p = self._ports[name]
             self._rx_gain[i, 0] = 0.0 if p.rx_mute else p.rx_gain
+        ports = [self._ports[n] for n in self._order]
+        self._rx_chains = [(i, p.rx_chain) for i, p in enumerate(ports) if p.rx_chain]
+        self._tx_chains = [(i, p.tx_chain) for i, p in enumerate(ports) if p.tx_chain]
 
     @property
     def port_names(self) -> list[str]:
@@ -331,6 +369,12 @@ class Engine:
     def _apply_settings(self, p: _Port) -> None:
         p.rx_gain = _db_to_gain(p.settings.rx_gain_db)
         p.tx_gain = _db_to_gain(p.settings.tx_gain_db)
+        try:
+            p.rx_chain, p.tx_chain, p.tail = build_filters(p.settings.filters, self.rate)
+        except ValueError as exc:
+            raise EngineError("bad_request", f"port {p.name!r}: filters: {exc}") from None
+        p.settle_until = self.t + self.config.ms(RX_SETTLE_MS) if p.rx_chain else 0
+        self._settling = True
 
     def _configure_vox(self, i: int, s: PortSettings) -> None:
         sq = s.squelch
@@ -355,15 +399,15 @@ class Engine:
         old = self._get(name)
         if settings.name != name or port.name != name:
             raise EngineError("bad_request", "replacement must keep the port name")
+        p = _Port(settings, port, squelch, ptt or NoPtt(), patch=old.patch,
+                  rx_mute=old.rx_mute, tx_mute=old.tx_mute, overs=old.overs)
+        self._apply_settings(p)          # refuses bad settings before the old port is touched
         if old.keyed:
             old.ptt.set_tx(False)
             self._emit(f"port.{name}.ptt", {"on": False}, "port replaced")
         old.ptt.close()
         if old.squelch is not None:
             old.squelch.close()
-        p = _Port(settings, port, squelch, ptt or NoPtt(), patch=old.patch,
-                  rx_mute=old.rx_mute, tx_mute=old.tx_mute, overs=old.overs)
-        self._apply_settings(p)
         self._ports[name] = p
         i = self._order.index(name)
         self._configure_vox(i, settings)
@@ -600,9 +644,11 @@ class Engine:
         # 1 pull
         for i, p in enumerate(ports):
             p.port.read(X[i])
+        for i, chain in self._rx_chains:
+            X[i] = chain.process(X[i])
         if ports:
-            # 2 detect (VOX on the raw audio, before gain and mute)
-            vox_edges = self._vox.process(t, X)
+            # 2 detect (VOX on the filtered audio, before gain and mute)
+            vox_edges = self._vox.process(t, self._vox_input(t, X, ports))
             X *= self._rx_gain
             j = t % L
             first = min(B, L - j)
@@ -639,6 +685,8 @@ class Engine:
             if p.keyed or want or p.manual_until is not None:
                 self._route(i, p, want, t)
         # 5 push
+        for i, chain in self._tx_chains:
+            Y[i] = chain.process(Y[i])
         if ports and self._limiter is not None:
             Y[:] = self._limiter.process(Y)
             for i, p in enumerate(ports):
@@ -650,6 +698,18 @@ class Engine:
         self.ticks += 1
         if self._pending:
             self.events.publish(self._take_events())
+
+    def _vox_input(self, t: int, X: Array, ports: list[_Port]) -> Array:
+        """``X``, with silence for ports whose receive filters are still settling."""
+        if not self._settling:
+            return X
+        rows = [i for i, p in enumerate(ports) if t < p.settle_until]
+        if not rows:
+            self._settling = False
+            return X
+        Xv = X.copy()
+        Xv[rows] = 0.0
+        return Xv
 
     def _take_events(self) -> list[Event]:
         ev, self._pending = self._pending, []
@@ -771,7 +831,8 @@ class Engine:
             if any(s.cor for s in srcs):      # cut (TOT, pre-emption elsewhere, patch change)
                 p.end_t = t
             else:                              # the talker let go: forward up to its last sample
-                p.end_t = min(max((s.cor_closed for s in srcs), default=t), t + B)
+                # (less the squelch tail: the noise burst before an analog squelch closes)
+                p.end_t = min(max((s.cor_closed - s.tail for s in srcs), default=t), t + B)
             p.end_t = max(p.end_t, p.r)
         if not p.keyed:
             return
@@ -811,9 +872,15 @@ class Engine:
         COR opened, or the live edge when it joins an over already under way (a terminal that
         was busy receiving when the over started)."""
         since = min(self._ports[s].cor_since for s in srcs if s in self._ports)
+        hold = self._hold(srcs)
         if t - since > self._preroll:
-            return t
+            return t - hold
         return max(since - self._preroll, t - self._L + 2 * self.block, 0)
+
+    def _hold(self, srcs: tuple[str, ...]) -> int:
+        """Samples a destination stays behind the live edge of ``srcs``: their squelch tail,
+        so the tail is still in the history (not yet played) when their COR closes."""
+        return max((self._ports[s].tail for s in srcs if s in self._ports), default=0)
 
     def _play(self, i: int, p: _Port, t: int) -> None:
         """Write destination ``i``'s next block from its source(s) at its read pointer.
@@ -821,11 +888,12 @@ class Engine:
         Destinations that read the same sources at the same position (every member of a
         half-duplex patch keyed in the same tick with the same lead) share one computation.
         """
-        end = t + self.block if p.end_t is None else min(p.end_t, t + self.block)
+        live = t + self.block - self._hold(p.srcs)
+        end = live if p.end_t is None else min(p.end_t, live)
         key = (p.srcs, p.r, end)
         hit = self._play_cache.get(key)
         if hit is None:
-            hit = self._play_compute(p.srcs, p.r, end, t)
+            hit = self._play_compute(p.srcs, p.r, end, live - self.block)
             self._play_cache[key] = hit
         r, skipped, n, block = hit
         p.skipped += skipped
@@ -837,6 +905,8 @@ class Engine:
 
     def _play_compute(self, srcs: tuple[str, ...], r: int, end: int,
                       t: int) -> tuple[int, int, int, Array]:
+        """Catch up and read one block at ``r`` (never past ``end``); ``t`` is the live edge
+        the destination may catch up to (the tick time less the sources' squelch tail)."""
         B, L = self.block, self._L
         rows = [self._row[s] for s in srcs if s in self._row and not self._ports[s].rx_mute]
         H = self._H

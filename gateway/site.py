@@ -24,7 +24,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from brug.gateway.engine import EngineConfig, PortSettings, PttSettings, SquelchSettings
+from brug.gateway.engine import (
+    EngineConfig,
+    PortSettings,
+    PttSettings,
+    SquelchSettings,
+    build_filters,
+)
 from brug.gateway.signalling import ptt_types, squelch_types
 from brug.hw_profiles import load_profile, merge_overrides
 from brug.hw_profiles.yamlconf import ConfigError, Positions, load_yaml, load_yaml_text
@@ -151,7 +157,7 @@ def parse_site(data: Any, pos: Positions, path: str) -> SiteConfig:
     ports_raw = ctx.mapping("ports", data.get("ports") or {})
     if not ports_raw:
         raise ctx.err("ports", "a site needs at least one port")
-    ports = {str(n): _port(ctx, str(n), ctx.mapping(f"ports.{n}", v))
+    ports = {str(n): _port(ctx, str(n), ctx.mapping(f"ports.{n}", v), engine.rate_hz)
              for n, v in ports_raw.items()}
     patches: dict[str, PatchSpec] = {}
     used: dict[str, str] = {}
@@ -166,7 +172,8 @@ def parse_site(data: Any, pos: Positions, path: str) -> SiteConfig:
     return SiteConfig(path, engine, control, ports, patches, data)
 
 
-def _port(ctx: _Ctx, name: str, raw: Mapping[str, Any]) -> PortSpec:
+def _port(ctx: _Ctx, name: str, raw: Mapping[str, Any],
+          engine_rate: int = 16000) -> PortSpec:
     key = f"ports.{name}"
     if "." in name or not name:
         raise ctx.err(key, "port names may not be empty or contain '.' (used in event topics)")
@@ -234,6 +241,11 @@ def _port(ctx: _Ctx, name: str, raw: Mapping[str, Any]) -> PortSpec:
         rx_gain = REFERENCE_DBFS - float(d["rx_level_dbfs"])
     if "tx_level_dbfs" in d and "tx_gain_db" not in raw:
         tx_gain = float(d["tx_level_dbfs"]) - REFERENCE_DBFS
+    filters = dict(ctx.mapping(f"{key}.filters", d.get("filters") or {}))
+    try:
+        build_filters(filters, engine_rate)
+    except ValueError as exc:
+        raise ctx.err(f"{key}.filters", str(exc)) from None
     settings = PortSettings(
         name=name, network=str(d.get("network", "")), talkgroup=str(d.get("talkgroup", "")),
         squelch=SquelchSettings(type=sq_type, **sq_num,
@@ -244,7 +256,8 @@ def _port(ctx: _Ctx, name: str, raw: Mapping[str, Any]) -> PortSpec:
         ptt=PttSettings(type=ptt_type, **ptt_num,
                         params={k: v for k, v in ptt_raw.items() if k not in _PTT_KEYS}),
         rx_gain_db=rx_gain, tx_gain_db=tx_gain,
-        profile=str(profile_name) if profile_name is not None else None, kind=kind)
+        profile=str(profile_name) if profile_name is not None else None, kind=kind,
+        filters=filters)
     return PortSpec(name=name, kind=kind, settings=settings, input_device=inp,
                     output_device=out, rate_hz=rate, channels=channels, channel=channel,
                     squelch_params=settings.squelch.params, ptt_params=settings.ptt.params,

@@ -75,7 +75,8 @@ _SECTIONS: dict[str, dict[str, Spec]] = {
     "filters": {
         "highpass_hz": ("num", 0, 1000), "lowpass_hz": ("num", 1000, 24000),
         "deemphasis": ("bool", None, None), "preemphasis": ("bool", None, None),
-        "squelch_tail_ms": ("num", 0, 1000),
+        "squelch_tail_ms": ("num", 0, 1000), "dc_block": ("bool", None, None),
+        "hum_notch_hz": ((0, 50, 60), None, None),
     },
     "codec": {
         "name": (CODECS, None, None), "payload_type": ("int", 0, 127),
@@ -125,11 +126,29 @@ class TimingSpec:
 
 @dataclass(frozen=True)
 class FiltersSpec:
+    """Voice filters (brug.codecs.filters): a receive band-pass ``highpass_hz``..``lowpass_hz``
+    (0 / at or above half the engine rate: that edge off), FM ``deemphasis`` on receive and
+    ``preemphasis`` on transmit (750 us), a ``dc_block`` (20 Hz), a mains ``hum_notch_hz``
+    (50 or 60 with two harmonics; 0: off), and ``squelch_tail_ms`` removed from the end of
+    every over this port receives."""
+
     highpass_hz: float = 300.0
-    lowpass_hz: float = 3000.0
+    lowpass_hz: float = 3400.0
     deemphasis: bool = False
     preemphasis: bool = False
     squelch_tail_ms: float = 0.0
+    dc_block: bool = False
+    hum_notch_hz: int = 0
+
+    def chain_spec(self) -> dict[str, Any]:
+        """The mapping :func:`brug.codecs.filters.build_chain` (and the engine) takes."""
+        d: dict[str, Any] = {"highpass_hz": self.highpass_hz, "lowpass_hz": self.lowpass_hz,
+                             "deemphasis": self.deemphasis, "preemphasis": self.preemphasis,
+                             "squelch_tail_ms": self.squelch_tail_ms,
+                             "dc_block": self.dc_block}
+        if self.hum_notch_hz:
+            d["hum_notch"] = self.hum_notch_hz
+        return d
 
 
 @dataclass(frozen=True)
@@ -196,7 +215,7 @@ class Profile:
             "squelch": {"type": self.squelch.type, **self.squelch.params},
             "ptt": {"type": self.ptt.type, "lead_ms": t.ptt_lead_ms, "hang_ms": t.ptt_hang_ms,
                     "tot_s": t.tot_s, "guard_ms": t.cor_guard_ms, **self.ptt.params},
-            "filters": dict(vars(self.filters)),
+            "filters": self.filters.chain_spec(),
             "codec": dict(vars(self.codec)) if self.codec else None,
             "pei": ({**vars(self.pei), "init": list(self.pei.init)} if self.pei else None),
         }

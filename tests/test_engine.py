@@ -68,14 +68,16 @@ class Rig:
             self.add(name, lead_ms=lead_ms)
 
     def add(self, name: str, lead_ms: float = 0.0, squelch: ScheduledSquelch | None = None,
-            tot_s: float = 120.0, mask: bool = True) -> None:
+            tot_s: float = 120.0, mask: bool = True,
+            filters: dict[str, object] | None = None) -> None:
         port = MemoryPort(name)
         ptt = NoPtt()
         self.ports[name], self.ptts[name] = port, ptt
         sq = SquelchSettings(type="schedule", attack_ms=0, hang_ms=0, mask_while_tx=mask) \
             if squelch else SquelchSettings(type="vox")
         self.engine.add_port(port, PortSettings(name, squelch=sq, ptt=PttSettings(
-            lead_ms=lead_ms, hang_ms=200, tot_s=tot_s)), squelch=squelch, ptt=ptt)
+            lead_ms=lead_ms, hang_ms=200, tot_s=tot_s), filters=filters or {}),
+            squelch=squelch, ptt=ptt)
 
     def play(self, name: str, x: np.ndarray, at_s: float) -> None:
         self.ports[name].feed(np.concatenate([np.zeros(int(at_s * FS), np.float32), x]))
@@ -311,3 +313,97 @@ def test_adding_a_port_or_changing_a_gain_cuts_nothing_from_other_ports() -> Non
     y = rig.ports["b"].tx
     k, corr = find(x[8000:24000], y)
     assert corr > 0.9999     # one continuous copy: no samples dropped or repeated
+
+
+def _band_db(y: np.ndarray, f0: float) -> float:
+    """Level of the ``f0`` component of ``y`` (dB re full scale, Hann-windowed FFT)."""
+    w = np.hanning(len(y))
+    spec = np.abs(np.fft.rfft(y * w)) / (np.sum(w) / 2)
+    k = int(round(f0 * len(y) / FS))
+    return float(20 * np.log10(np.max(spec[k - 2:k + 3]) + 1e-12))
+
+
+def test_hum_notch_keeps_mains_hum_from_keying_the_patch() -> None:
+    """-20 dBFS of 50 Hz hum (a ground loop) opens a plain VOX port; with the profile's notch
+    it does not."""
+    t = np.arange(3 * FS) / FS
+    hum = (0.14 * np.sin(2 * np.pi * 50 * t)).astype(np.float32)     # -20 dBFS RMS
+    for filters, keyed in (({}, True), ({"hum_notch": 50}, False)):
+        rig = Rig(0)
+        rig.add("a", filters=filters)
+        rig.add("b")
+        rig.engine.create_patch("P", ["a", "b"])
+        rig.play("a", hum, 0.0)
+        rig.run(3.0)
+        assert bool(rig.topics("port.b.ptt")) is keyed, filters
+
+
+def test_receive_filters_clean_what_the_patch_hears() -> None:
+    """A DC offset and hum on a port's line are gone at the other member; speech is not."""
+    x = speech()
+    n = len(x) + FS
+    t = np.arange(n) / FS
+    dirt = (0.2 + 0.05 * np.sin(2 * np.pi * 50 * t)).astype(np.float32)
+    line = dirt.copy()
+    line[FS // 2:FS // 2 + len(x)] += x
+    rig = Rig(0)
+    rig.add("a", squelch=ScheduledSquelch([(FS // 2, FS // 2 + len(x))]),
+            filters={"dc_block": True, "hum_notch": 50, "highpass_hz": 0, "lowpass_hz": 8000})
+    rig.add("b")
+    rig.engine.create_patch("P", ["a", "b"])
+    rig.ports["a"].feed(line)
+    rig.run(n / FS + 0.5)
+    y = rig.ports["b"].tx
+    k, corr = find(x[onset(x):onset(x) + 8000], y)
+    assert corr > 0.97                          # the speech itself passes
+    heard = y[k - 2000:k + 24000]
+    assert abs(float(np.mean(heard))) < 2e-3    # the 0.2 DC offset is gone
+    assert _band_db(heard, 50) < _band_db(dirt, 50) - 30
+
+
+def test_squelch_tail_is_not_forwarded() -> None:
+    """An analog receiver's noise burst between carrier drop and squelch close (150 ms) is cut
+    from the end of the over; the speech before it arrives whole."""
+    x = speech()
+    at, tail = FS // 2, int(0.15 * FS)
+    rng = np.random.default_rng(7)
+    burst = (0.3 * rng.standard_normal(tail)).astype(np.float32)
+    for tail_ms in (0, 150):
+        rig = Rig(0)
+        rig.add("a", squelch=ScheduledSquelch([(at, at + len(x) + tail)]),
+                filters={"squelch_tail_ms": tail_ms, "highpass_hz": 0, "lowpass_hz": 8000})
+        rig.add("b")
+        rig.engine.create_patch("P", ["a", "b"])
+        rig.ports["a"].feed(np.concatenate([np.zeros(at, np.float32), x, burst]))
+        rig.run((at + len(x) + tail) / FS + 1.0)
+        y = rig.ports["b"].tx
+        _, corr_burst = find(burst[:800], y)    # the first 50 ms of the noise burst
+        _, corr_end = find(x[-4000:], y)       # the last 250 ms of speech
+        assert corr_end > 0.99, tail_ms
+        if tail_ms:
+            assert corr_burst < 0.3, "the squelch tail was forwarded"
+        else:
+            assert corr_burst > 0.99
+
+
+def test_pre_emphasis_on_a_transmit_port() -> None:
+    """A port with ``preemphasis`` transmits 3 kHz about 18 dB hotter than 300 Hz (750 us)."""
+    t = np.arange(FS) / FS
+    two = (0.05 * (np.sin(2 * np.pi * 300 * t) + np.sin(2 * np.pi * 3000 * t))).astype(
+        np.float32)
+    rig = Rig(0)
+    rig.add("a", squelch=ScheduledSquelch([(FS // 2, FS // 2 + len(two))]))
+    rig.add("b", filters={"preemphasis": True, "highpass_hz": 0, "lowpass_hz": 8000})
+    rig.engine.create_patch("P", ["a", "b"])
+    rig.ports["a"].feed(np.concatenate([np.zeros(FS // 2, np.float32), two]))
+    rig.run(2.5)
+    y = rig.ports["b"].tx
+    k, _ = find(two[:4000], y)
+    seg = y[k + 2000:k + 2000 + FS // 2]
+    assert _band_db(seg, 3000) - _band_db(seg, 300) == pytest.approx(18.3, abs=0.7)
+
+
+def test_bad_filters_are_refused_with_the_key() -> None:
+    rig = Rig(0)
+    with pytest.raises(EngineError, match="port 'a': filters: unknown filter key 'hum'"):
+        rig.add("a", filters={"hum": 50})

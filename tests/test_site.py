@@ -44,6 +44,22 @@ patches:
     assert site.patches["P"].priorities == {"nl1": 2}
 
 
+def test_profile_filters_reach_the_port() -> None:
+    """The analog profile's de-emphasis, voice band and squelch tail become the port's
+    filters; a site may switch one off without copying the profile."""
+    site = parse_site_text("""
+ports:
+  fm1: {profile: analog-cm108, device: x}
+  fm2: {profile: analog-cm108, device: y, filters: {deemphasis: false}}
+  ip1: {device: z}
+""", "site.yaml")
+    f1, f2 = site.ports["fm1"].settings.filters, site.ports["fm2"].settings.filters
+    assert f1["deemphasis"] is True and f1["squelch_tail_ms"] == 150
+    assert (f1["highpass_hz"], f1["lowpass_hz"]) == (300, 3000)
+    assert f2["deemphasis"] is False and f2["squelch_tail_ms"] == 150
+    assert site.ports["ip1"].settings.filters == {}     # inline ports are flat unless told
+
+
 BAD = [
     ("engine: {rate_hz: 16000, block_ms: 5}\nports:\n  be1: {device: x, squelch: {type: vux}}\n",
      "site.yaml:3: ports.be1.squelch.type: 'vux' is not one of:"),
@@ -65,6 +81,10 @@ BAD = [
     ("ports:\n  a: {device: x}\n  b: {device: y}\n  c: {device: z}\npatches:\n"
      "  P: {members: [a, b]}\n  Q: {members: [b, c]}\n", "port 'b' is already in patch 'P'"),
     ("ports:\n  be1: {profile: no-such-radio, device: x}\n", "unknown profile 'no-such-radio'"),
+    ("ports:\n  be1: {device: x, filters: {hum: 50}}\n",
+     "site.yaml:2: ports.be1.filters: unknown filter key 'hum'; valid keys:"),
+    ("ports:\n  be1:\n    profile: analog-cm108\n    device: x\n    filters: {deemphasis: 3}\n",
+     "site.yaml:5: ports.be1.filters.deemphasis"),
 ]
 
 
