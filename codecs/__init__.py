@@ -1,34 +1,68 @@
 """brug.codecs: the transcoding core.
 
 Sample formats, G.711, streaming resampling with drift correction, voice filters, levels,
-limiter/AGC and the IP link codecs, with no knowledge of ports, patches or the engine.
+limiter/AGC and the IP link codecs, with no knowledge of ports, patches, sound cards or the
+engine. Reference, measured figures and known limits: docs/codecs.md.
+
+Modules
+-------
+============== ================================================================================
+module         what
+============== ================================================================================
+``base``       :class:`Encoder` / :class:`Decoder` base classes, ``FrameBuffer``, the errors
+``g711``       G.711 A-law / u-law by lookup tables (bit-exact with ``audioop``), ``pcma``/``pcmu``
+``l16``        linear 16-bit big-endian PCM (RFC 3551) at any rate
+``opus``       Opus on libopus (``opuslib``): 8-32 kbit/s, 8-48 kHz, in-band FEC and PLC
+``codec2``     Codec 2, seven modes from 3200 bit/s down to 700C (``pycodec2``)
+``g722``       G.722 at 64 kbit/s (``g722``, Sippy Software's libg722)
+``formats``    card and file samples (int16/int32/float32, interleaved, bytes) to mono float32
+               and back: ``ToMono``, ``FromMono`` (saturation counted, never wrapped)
+``resample``   ``StreamResampler`` (libsamplerate, state across blocks, ratio ramped) and
+               ``DriftController`` (PI loop on a ring's fill, output in ppm)
+``filters``    DC block, voice band, hum notch, FM pre-/de-emphasis, squelch-tail delay line,
+               ``Chain`` and ``build_chain`` (a profile's ``filters`` keys)
+``levels``     dBu / dBm0 / dBFS calibration to the -18 dBFS engine reference, P.56 active
+               speech level, ``Agc``
+``limiter``    look-ahead peak limiter for all ports at once
+``transcode``  a chain of link codecs with its delay removed (``brug transcode``)
+============== ================================================================================
+
+Mono blocks are 1-D float32 at full scale 1.0. Several channels are (channels, samples) for
+the filters, the AGC and the limiter (the engine's ports x samples), but (frames, channels),
+interleaved as on a card, for ``formats`` and ``resample``.
 
 Codec registry
 --------------
 ``get_encoder(name, **params)`` / ``get_decoder(name, **params)`` build a codec by name:
 
-=============== ========================================================== ============
+=============== ========================================================== =========
 name            what                                                       rate (Hz)
-=============== ========================================================== ============
+=============== ========================================================== =========
 ``pcma``        G.711 A-law, 20 ms frames                                  8000
 ``pcmu``        G.711 u-law, 20 ms frames                                  8000
-``l16``         linear 16-bit big-endian; ``rate=``, ``l16-16k`` = 16000  any
-``g722``        G.722 64 kbit/s, 20 ms frames (the ``g722`` package)       16000
-``opus``        Opus (libopus); ``bitrate=`` 8000-32000 (default 16000),   16000
+``l16``         linear 16-bit big-endian; ``rate=`` (default 8000),        any
+                ``frame_ms=`` (default 20); ``l16-16k``, ``l16-48k``
+``g722``        G.722 64 kbit/s; ``frame_ms=`` 1-120 (default 20)          16000
+``opus``        Opus; ``bitrate=`` 8000-32000 (default 16000),             16000
                 ``rate=``, ``frame_ms=``, ``fec=``, ``loss_percent=``,
-                ``complexity=``; ``opus-16k`` = 16 kbit/s
-``codec2-NNNN`` Codec2 at NNNN bit/s (3200, 2400, 1600, 1400, 1300, 1200,  8000
-                700C) through the ``pycodec2`` binding; ``codec2`` = 3200
-=============== ========================================================== ============
+                ``complexity=``, ``application=``; the suffix of
+                ``opus-8k`` .. ``opus-32k`` is the *bit rate*
+``codec2-NNNN`` Codec 2 at NNNN bit/s (3200, 2400, 1600, 1400, 1300,       8000
+                1200, 700C), or ``mode=``; ``codec2`` = 3200
+=============== ========================================================== =========
 
 Parameters are checked where the codec is built: a value out of range raises ``ValueError``
 with the codec, the parameter and the allowed values (``opus: bitrate must be 8000..32000
 bit/s, got 64000``). Each encoder reports its codec delay (``delay_samples``) so a chain can be
 time-aligned (:mod:`brug.codecs.transcode`).
 
-A name the registry does not know raises :class:`UnknownCodecError` listing the known names; a
-known codec whose library cannot load raises :class:`CodecUnavailableError` saying what is
-missing, and every other codec still works.
+A name the registry does not know raises :class:`UnknownCodecError` listing the known names
+(:func:`known_codecs`); a known codec whose library cannot load raises
+:class:`CodecUnavailableError` saying what to install, and every other codec still works
+(:func:`available_codecs`, :func:`unavailable_codecs`). That is why ``opus``, ``codec2`` and
+``g722`` are imported only by the registry (or explicitly), and why ``__all__`` names, besides
+the registry API, only the modules that need no codec library (numpy, scipy and samplerate
+suffice): ``from brug.codecs import *`` works where a codec library is missing.
 """
 
 from __future__ import annotations
@@ -163,4 +197,6 @@ def unavailable_codecs() -> dict[str, str]:
 
 __all__ = ["CodecUnavailableError", "Decoder", "Encoder", "UnknownCodecError",
            "available_codecs", "get_decoder", "get_encoder", "known_codecs",
-           "unavailable_codecs"]
+           "unavailable_codecs",
+           "base", "filters", "formats", "g711", "l16", "levels", "limiter", "resample",
+           "transcode"]
