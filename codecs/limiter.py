@@ -39,8 +39,10 @@ class Limiter:
 
     Notes
     -----
-    Real-time: ``process`` allocates a few arrays of the block size; about 30 microseconds for
-    a 5 ms block of 8 ports at 48 kHz (docs/codecs.md).
+    Real-time: ``process`` allocates a few arrays of the block size. Channels with nothing to
+    limit take a shortcut (bit-identical): about 15 microseconds for a quiet 5 ms block of 4
+    ports at 16 kHz (8 ports at 48 kHz: 16), about 115 (344) when every port is limiting
+    (docs/codecs.md).
     """
 
     def __init__(self, rate_hz: int, channels: int = 1, ceiling_dbfs: float = -1.0,

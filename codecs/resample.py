@@ -70,7 +70,8 @@ class StreamResampler:
     Notes
     -----
     Real-time: ``process`` is called from the engine thread; it allocates its output array and
-    costs about the figures in docs/codecs.md (tens of microseconds per 5 ms block and channel).
+    costs about 16 microseconds per 5 ms block of one channel (48 -> 16 kHz, sinc_fastest) and
+    174 for 64 channels at once (docs/codecs.md).
     """
 
     def __init__(self, in_rate: int, out_rate: int, channels: int = 1,

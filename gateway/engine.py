@@ -34,6 +34,7 @@ import numpy as np
 import numpy.typing as npt
 
 from brug.codecs.filters import Chain, build_chain
+from brug.codecs.levels import Agc
 from brug.codecs.limiter import Limiter
 from brug.gateway.events import Event, EventBus
 from brug.gateway.ports.base import Port
@@ -152,6 +153,10 @@ class PortSettings:
     #: receive audio before VOX; ``preemphasis``/``pre_emphasis_us`` filter what the port
     #: transmits (before the limiter); ``squelch_tail_ms`` is removed from the end of each over.
     filters: Mapping[str, Any] = field(default_factory=dict)
+    #: Automatic gain control of what the port receives (after VOX and the rx gain): ``None``
+    #: off, else keyword arguments of :class:`brug.codecs.levels.Agc` (``{}`` its defaults:
+    #: target -18 dBFS, +24/-12 dB, gain held in pauses).
+    agc: Mapping[str, Any] | None = None
 
 
 #: Filter keys that act on what a port transmits; the rest act on what it receives.
@@ -211,6 +216,7 @@ class _Port:
     tx_chain: Chain | None = None
     tail: int = 0              # squelch tail removed from the end of this port's overs
     settle_until: int = 0      # VOX ignores this port's audio until then (filters settling)
+    agc: Agc | None = None
     overs: int = 0
     skipped: int = 0
     dropped: int = 0
@@ -261,6 +267,7 @@ class Engine:
         self._rx_chains: list[tuple[int, Chain]] = []
         self._tx_chains: list[tuple[int, Chain]] = []
         self._settling = False
+        self._agcs: list[tuple[int, Agc]] = []
         self.late_ticks = 0
 
     # ------------------------------------------------------------------ arrays
@@ -296,6 +303,7 @@ class Engine:
         ports = [self._ports[n] for n in self._order]
         self._rx_chains = [(i, p.rx_chain) for i, p in enumerate(ports) if p.rx_chain]
         self._tx_chains = [(i, p.tx_chain) for i, p in enumerate(ports) if p.tx_chain]
+        self._agcs = [(i, p.agc) for i, p in enumerate(ports) if p.agc is not None]
 
     @property
     def port_names(self) -> list[str]:
@@ -375,6 +383,10 @@ class Engine:
             raise EngineError("bad_request", f"port {p.name!r}: filters: {exc}") from None
         p.settle_until = self.t + self.config.ms(RX_SETTLE_MS) if p.rx_chain else 0
         self._settling = True
+        try:
+            p.agc = None if p.settings.agc is None else Agc(self.rate, **p.settings.agc)
+        except (TypeError, ValueError) as exc:
+            raise EngineError("bad_request", f"port {p.name!r}: agc: {exc}") from None
 
     def _configure_vox(self, i: int, s: PortSettings) -> None:
         sq = s.squelch
@@ -650,6 +662,8 @@ class Engine:
             # 2 detect (VOX on the filtered audio, before gain and mute)
             vox_edges = self._vox.process(t, self._vox_input(t, X, ports))
             X *= self._rx_gain
+            for i, agc in self._agcs:
+                X[i] = agc.process(X[i])
             j = t % L
             first = min(B, L - j)
             self._H[:, j:j + first] = X[:, :first]

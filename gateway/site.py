@@ -38,6 +38,11 @@ from brug.talkgroups.floor import Mode
 
 #: Engine reference level: nominal speech is brought to this level inside the engine, dBFS.
 REFERENCE_DBFS = -18.0
+#: AGC settings a site port may give (``agc: {target_dbfs: -18}``): key -> (min, max).
+_AGC_KEYS: dict[str, tuple[float, float]] = {
+    "target_dbfs": (-40, -6), "max_gain_db": (0, 40), "min_gain_db": (-40, 0),
+    "attack_ms": (1, 5000), "release_ms": (1, 20000), "gate_dbfs": (-90, -20),
+}
 
 PORT_KINDS = ("soundcard", "rtp", "link", "memory")
 _SQUELCH_KEYS = ("type", "open_dbfs", "close_dbfs", "attack_ms", "hang_ms")
@@ -48,7 +53,7 @@ _PTT_KEYS = ("type", "lead_ms", "hang_ms", "tot_s", "guard_ms", "grant_timeout_m
 _PORT_KEYS = ("type", "profile", "device", "rate_hz", "channels", "channel", "network",
               "talkgroup", "squelch", "ptt", "rx_gain_db", "tx_gain_db", "rx_level_dbfs",
               "tx_level_dbfs", "filters", "codec", "pei", "timing", "audio", "description",
-              "gssi", "name")
+              "gssi", "name", "agc")
 _ENGINE_KEYS = {"rate_hz": (8000, 48000), "block_ms": (1.0, 40.0), "preroll_ms": (0.0, 1000.0),
                 "history_s": (1.0, 60.0), "catchup_dbfs": (-90.0, 0.0),
                 "catchup_max_blocks": (0, 64), "manual_key_limit_s": (1.0, 300.0)}
@@ -189,11 +194,12 @@ def _port(ctx: _Ctx, name: str, raw: Mapping[str, Any],
     if profile_name is not None:
         prof = load_profile(str(profile_name)) if "/" not in str(profile_name) else \
             load_profile(Path(ctx.path).parent / str(profile_name))
-        over = {k: v for k, v in raw.items() if k not in ("type", "rx_gain_db", "tx_gain_db")
+        over = {k: v for k, v in raw.items()
+                if k not in ("type", "rx_gain_db", "tx_gain_db", "agc")
                 and not (k == "device" and isinstance(v, Mapping))}
         merged = merge_overrides(prof, over, ctx.path, ctx.pos, key).to_port_dict()
-        merged.update({k: raw[k] for k in ("network", "talkgroup", "rx_gain_db", "tx_gain_db")
-                       if k in raw})
+        merged.update({k: raw[k] for k in ("network", "talkgroup", "rx_gain_db", "tx_gain_db",
+                                           "agc") if k in raw})
         if isinstance(raw.get("device"), Mapping):
             merged["device"] = raw["device"]
         d = merged
@@ -241,6 +247,20 @@ def _port(ctx: _Ctx, name: str, raw: Mapping[str, Any],
         rx_gain = REFERENCE_DBFS - float(d["rx_level_dbfs"])
     if "tx_level_dbfs" in d and "tx_gain_db" not in raw:
         tx_gain = float(d["tx_level_dbfs"]) - REFERENCE_DBFS
+    agc_raw = d.get("agc", False)
+    agc: dict[str, Any] | None = None
+    if agc_raw is True:
+        agc = {}
+    elif isinstance(agc_raw, Mapping):
+        agc = {}
+        for k, v in agc_raw.items():
+            if k not in _AGC_KEYS:
+                raise ctx.err(f"{key}.agc.{k}", f"unknown AGC key; valid keys: "
+                              f"{', '.join(_AGC_KEYS)}")
+            lo, hi = _AGC_KEYS[k]
+            agc[str(k)] = float(ctx.number(f"{key}.agc.{k}", v, lo, hi))
+    elif agc_raw not in (False, None):
+        raise ctx.err(f"{key}.agc", "must be true, false or a mapping of AGC settings")
     filters = dict(ctx.mapping(f"{key}.filters", d.get("filters") or {}))
     try:
         build_filters(filters, engine_rate)
@@ -257,7 +277,7 @@ def _port(ctx: _Ctx, name: str, raw: Mapping[str, Any],
                         params={k: v for k, v in ptt_raw.items() if k not in _PTT_KEYS}),
         rx_gain_db=rx_gain, tx_gain_db=tx_gain,
         profile=str(profile_name) if profile_name is not None else None, kind=kind,
-        filters=filters)
+        filters=filters, agc=agc)
     return PortSpec(name=name, kind=kind, settings=settings, input_device=inp,
                     output_device=out, rate_hz=rate, channels=channels, channel=channel,
                     squelch_params=settings.squelch.params, ptt_params=settings.ptt.params,

@@ -407,3 +407,31 @@ def test_bad_filters_are_refused_with_the_key() -> None:
     rig = Rig(0)
     with pytest.raises(EngineError, match="port 'a': filters: unknown filter key 'hum'"):
         rig.add("a", filters={"hum": 50})
+
+
+def test_agc_brings_a_quiet_talker_to_the_reference_level() -> None:
+    """A talker 22 dB below nominal (-40 dBFS) reaches the other member near -18 dBFS with the
+    port's AGC on, and stays at -40 dBFS without it; VOX opens either way."""
+    from brug.codecs.levels import active_speech_level
+
+    x = speech()
+    x = x * np.float32(10 ** ((-40.0 - active_speech_level(x, FS)[0]) / 20))
+    x4 = np.concatenate([x, x, x, x])                 # 4 overs' worth in one long over
+    levels = {}
+    for agc in (None, {}):
+        rig = Rig(0)
+        port = MemoryPort("a")
+        rig.ports["a"] = port
+        rig.engine.add_port(port, PortSettings("a", squelch=SquelchSettings(
+            type="schedule", attack_ms=0, hang_ms=0), agc=agc),
+            squelch=ScheduledSquelch([(FS // 2, FS // 2 + len(x4))]), ptt=NoPtt())
+        rig.add("b")
+        rig.engine.create_patch("P", ["a", "b"])
+        rig.play("a", x4, 0.5)
+        rig.run(len(x4) / FS + 1.0)
+        y = rig.ports["b"].tx
+        k = find(x[:8000], y)[0] % len(x)             # (any repetition: all are alike)
+        last = y[k + 3 * len(x):k + 4 * len(x)]       # the last repetition: AGC settled
+        levels[agc is not None] = active_speech_level(last, FS)[0]
+    assert levels[False] == pytest.approx(-40.0, abs=1.0)
+    assert levels[True] == pytest.approx(-18.0, abs=2.0)

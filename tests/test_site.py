@@ -60,6 +60,17 @@ ports:
     assert site.ports["ip1"].settings.filters == {}     # inline ports are flat unless told
 
 
+def test_agc_is_off_unless_a_port_asks() -> None:
+    site = parse_site_text("""
+ports:
+  a: {device: x}
+  b: {device: y, agc: true}
+  c: {profile: c2000-mtm5400, device: z, agc: {target_dbfs: -20, max_gain_db: 12}}
+""", "site.yaml")
+    assert site.ports["a"].settings.agc is None and site.ports["b"].settings.agc == {}
+    assert site.ports["c"].settings.agc == {"target_dbfs": -20.0, "max_gain_db": 12.0}
+
+
 BAD = [
     ("engine: {rate_hz: 16000, block_ms: 5}\nports:\n  be1: {device: x, squelch: {type: vux}}\n",
      "site.yaml:3: ports.be1.squelch.type: 'vux' is not one of:"),
@@ -81,6 +92,10 @@ BAD = [
     ("ports:\n  a: {device: x}\n  b: {device: y}\n  c: {device: z}\npatches:\n"
      "  P: {members: [a, b]}\n  Q: {members: [b, c]}\n", "port 'b' is already in patch 'P'"),
     ("ports:\n  be1: {profile: no-such-radio, device: x}\n", "unknown profile 'no-such-radio'"),
+    ("ports:\n  be1: {device: x, agc: {gain: 3}}\n",
+     "site.yaml:2: ports.be1.agc.gain: unknown AGC key; valid keys: target_dbfs"),
+    ("ports:\n  be1: {device: x, agc: {max_gain_db: 90}}\n",
+     "ports.be1.agc.max_gain_db: 90 is outside"),
     ("ports:\n  be1: {device: x, filters: {hum: 50}}\n",
      "site.yaml:2: ports.be1.filters: unknown filter key 'hum'; valid keys:"),
     ("ports:\n  be1:\n    profile: analog-cm108\n    device: x\n    filters: {deemphasis: 3}\n",
