@@ -78,27 +78,33 @@ class Terminal:
         self._q: queue.SimpleQueue[Array | None] = queue.SimpleQueue()
         self.wav = wav
         self.flags = 0
-        self._stream: Any = None
+        self._streams: tuple[Any, ...] = ()
         self._writer: threading.Thread | None = None
         self.recorded = 0
 
-    def _callback(self, indata: Any, outdata: Any, frames: int, time_info: Any,
-                  status: Any) -> None:
+    @staticmethod
+    def _mono_time(time_info: Any, attr: str) -> float:
+        """A PortAudio buffer time (``attr``) mapped onto ``time.monotonic()``."""
+        now = time.monotonic()
+        t = getattr(time_info, attr, 0.0)
+        cur = getattr(time_info, "currentTime", 0.0)
+        return now + (t - cur if t and cur else 0.0)
+
+    def _in_callback(self, indata: Any, frames: int, time_info: Any, status: Any) -> None:
+        if status:
+            self.flags |= int(status._flags)
+        if self.adc0 is None:
+            self.adc0 = self._mono_time(time_info, "inputBufferAdcTime")
+        self._q.put(indata[:, 0].copy())
+
+    def _out_callback(self, outdata: Any, frames: int, time_info: Any, status: Any) -> None:
         if status:
             self.flags |= int(status._flags)
         if self.dac0 is None:
-            now = time.monotonic()
-            dac = getattr(time_info, "outputBufferDacTime", 0.0)
-            adc = getattr(time_info, "inputBufferAdcTime", 0.0)
-            cur = getattr(time_info, "currentTime", 0.0)
-            # PortAudio times share a clock with currentTime; map them onto monotonic time
-            self.dac0 = now + (dac - cur if dac and cur else 0.0)
-            self.adc0 = now + (adc - cur if adc and cur else 0.0)
-        self._q.put(indata[:, 0].copy())
+            self.dac0 = self._mono_time(time_info, "outputBufferDacTime")
         out = outdata[:, 0]
         out.fill(0.0)
         # scenario sample index of this buffer's first output sample
-        assert self.dac0 is not None
         pos = int(round((self.dac0 - self.t0) * self.rate)) + self._pos
         self._pos += frames
         end = pos + frames
@@ -127,17 +133,23 @@ class Terminal:
         self._writer = threading.Thread(target=self._write, name=f"rec-{self.name}",
                                         daemon=True)
         self._writer.start()
-        dev = (find_device(self.air_tx, "input"), find_device(self.air_rx, "output"))
-        self._stream = sd.Stream(device=dev, samplerate=self.rate, channels=1, dtype="float32",
-                                 blocksize=int(self.rate * 0.02), latency=0.06,
-                                 callback=self._callback)
-        self._stream.start()
+        # two streams, not one duplex stream: PortAudio's ALSA duplex path stops the stream
+        # when the PulseAudio plugin reports an error on either direction
+        common: dict[str, Any] = dict(samplerate=self.rate, channels=1, dtype="float32",
+                                      blocksize=int(self.rate * 0.02), latency=0.06)
+        self._streams = (
+            sd.InputStream(device=find_device(self.air_tx, "input"),
+                           callback=self._in_callback, **common),
+            sd.OutputStream(device=find_device(self.air_rx, "output"),
+                            callback=self._out_callback, **common))
+        for st in self._streams:
+            st.start()
 
     def stop(self) -> None:
-        if self._stream is not None:
-            self._stream.stop()
-            self._stream.close()
-            self._stream = None
+        for st in self._streams:
+            st.stop()
+            st.close()
+        self._streams = ()
         self._q.put(None)
         if self._writer is not None:
             self._writer.join(timeout=10)

@@ -181,3 +181,89 @@ class Player:
     def stop(self) -> None:
         self._stream.stop()
         self._stream.close()
+
+
+def playrec(play: str, rec: str, x: npt.ArrayLike, fs: int, tail_s: float = 0.5,
+            blocksize: int = 240, latency: float = 0.02, lead_s: float = 0.02) -> Audio:
+    """Play ``x`` on device ``play`` while recording device ``rec``; return the recording
+    aligned with ``x`` and starting ``lead_s`` before it: sample ``lead + i`` was captured
+    when ``x[i]`` left the output (so a path's delay shows as ``lead + delay`` samples, and a
+    small negative timing error still correlates). ``tail_s`` longer than ``x``.
+
+    Two streams, not one duplex stream: PortAudio's ALSA duplex path gives up (the recording
+    breaks off or repeats) when the PulseAudio plugin reports an error on one direction. The
+    streams share PortAudio's clock, so the ADC/DAC times of their first buffers align them
+    to within a few ms.
+    """
+    import sounddevice as sd
+
+    sig = np.concatenate([np.asarray(x, np.float32), np.zeros(int(fs * tail_s), np.float32)])
+    n = len(sig)
+    got = np.zeros(n + 2 * fs, np.float32)
+    st: dict[str, float | int | None] = {"pos": 0, "w": 0, "dac0": None, "adc0": None}
+    done = threading.Event()
+
+    def out_cb(outdata: npt.NDArray[np.float32], frames: int, t: object,
+               status: object) -> None:
+        p = int(st["pos"] or 0)
+        if st["dac0"] is None:
+            st["dac0"] = float(t.outputBufferDacTime)  # type: ignore[attr-defined]
+        chunk = sig[p:p + frames]
+        outdata[:len(chunk), 0] = chunk
+        outdata[len(chunk):, 0] = 0.0
+        st["pos"] = p + frames
+        if p + frames >= n:
+            done.set()
+
+    def in_cb(indata: npt.NDArray[np.float32], frames: int, t: object, status: object) -> None:
+        if st["adc0"] is None:
+            st["adc0"] = float(t.inputBufferAdcTime)  # type: ignore[attr-defined]
+        w = int(st["w"] or 0)
+        k = min(frames, len(got) - w)
+        got[w:w + k] = indata[:k, 0]
+        st["w"] = w + k
+
+    common = dict(samplerate=fs, channels=1, dtype="float32", blocksize=blocksize,
+                  latency=latency)
+    ins = sd.InputStream(device=rec, callback=in_cb, **common)
+    outs = sd.OutputStream(device=play, callback=out_cb, **common)
+    try:
+        ins.start()
+        sd.sleep(50)                       # the recording starts before the signal
+        outs.start()
+        if not done.wait(n / fs + 10):
+            raise TimeoutError(f"playing on {play!r} did not finish")
+        sd.sleep(int(1000 * min(tail_s, 0.2)))
+    finally:
+        outs.stop()
+        ins.stop()
+        outs.close()
+        ins.close()
+    if st["adc0"] is None or st["dac0"] is None:
+        raise TimeoutError(f"no audio from {rec!r}")
+    lead = int(round(lead_s * fs))
+    off = int(round((float(st["dac0"]) - float(st["adc0"])) * fs)) - lead
+    if off >= 0:
+        out = got[off:off + n + lead]
+    else:
+        out = np.concatenate([np.zeros(-off, np.float32), got[:n + lead + off]])
+    return np.asarray(out, np.float32)
+
+
+def windowed_corr(ref: npt.ArrayLike, rec: npt.ArrayLike, at: int, fs: int = 48000) -> float:
+    """Median normalised correlation of ``ref``'s 250 ms windows with ``rec`` from sample
+    ``at``, each window aligned on its own within 10 ms: how well speech came through a path
+    whose delay may move by a block now and then (a skipped silent block, an xrun)."""
+    ref = np.asarray(ref, np.float32)
+    rec = np.asarray(rec, np.float32)
+    w, slack = fs // 4, fs // 100
+    corrs = []
+    for i in range(0, len(ref) - w, w):
+        part = ref[i:i + w]
+        if np.sqrt(np.mean(part ** 2)) < 1e-3:
+            continue
+        a = max(0, at + i - slack)
+        win = rec[a:a + w + 2 * slack]
+        d = xcorr_delay(part, win, fs, max_delay_s=2 * slack / fs)
+        corrs.append(xcorr_peak(part, win, d))
+    return float(np.median(corrs)) if corrs else 0.0

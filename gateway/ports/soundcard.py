@@ -28,9 +28,53 @@ from brug.gateway.ports.base import Block, Port
 from brug.gateway.ring import Ring
 
 #: Seconds between reopen attempts after a device is lost (the last value repeats).
-BACKOFF_S: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0, 8.0, 10.0)
+BACKOFF_S: tuple[float, ...] = (0.05, 0.5, 1.0, 2.0, 4.0, 8.0, 10.0)
 #: A running stream whose callback has not run for this long counts as lost, s.
 STALL_S = 1.0
+#: A stream whose callbacks deliver less than this share of real time over two consecutive
+#: windows of SLOW_WINDOW_S seconds counts as lost too (seen when the machine is starved of
+#: CPU: the ALSA/PulseAudio stream recovers from underruns but keeps running slow).
+SLOW_PACE = 0.85
+SLOW_WINDOW_S = 2.0
+#: A block whose RMS is below this level is silence the port may drop to bring a ring that a
+#: stall left above its set point back down, dBFS (inaudible, unlike the hard trim).
+TRIM_SILENCE_DBFS = -50.0
+#: Silent blocks dropped per engine tick at most (catch up at up to 3x real time).
+TRIM_MAX_BLOCKS = 2
+#: Silence is dropped while the lowest fill of a ring over the last TRIM_WINDOW_MS (its floor:
+#: PulseAudio's bursts only lift the fill above it) stays more than TRIM_MARGIN_MS above the
+#: ring's set point.
+TRIM_WINDOW_MS = 250.0
+TRIM_MARGIN_MS = 5.0
+#: Only a block that follows this many silent blocks is dropped (a pause, not a quiet
+#: syllable).
+TRIM_AFTER_SILENT = 2
+
+
+class FloorTracker:
+    """Lowest value seen over the current and the previous window of ``window`` updates.
+
+    Real-time: two comparisons per update; no allocation.
+    """
+
+    def __init__(self, window: int) -> None:
+        self.window = max(1, int(window))
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget what was seen."""
+        self._cur = self._prev = 1 << 62
+        self._n = 0
+
+    def update(self, value: int) -> int:
+        """Feed one value; return the floor (min over this window and the one before)."""
+        if value < self._cur:
+            self._cur = value
+        self._n += 1
+        floor = min(self._cur, self._prev)
+        if self._n >= self.window:
+            self._prev, self._cur, self._n = self._cur, 1 << 62, 0
+        return floor
 
 
 class SoundCardPort(Port):
@@ -58,12 +102,22 @@ class SoundCardPort(Port):
         Largest drift correction, ppm.
     quality:
         libsamplerate converter (see :data:`brug.codecs.resample.QUALITIES`).
+
+    Notes
+    -----
+    Latency after a stall: when the floor of a ring's fill (its lowest value over
+    :data:`TRIM_WINDOW_MS`) stays above its set point (the engine or the server stalled, or a
+    device ran slow for a while), the port drops *silent* blocks (below :data:`TRIM_SILENCE_DBFS`)
+    until the fill is back, counted in ``stats.extra["rx_trimmed"]`` / ``["tx_trimmed"]``
+    (samples). Only a ring more than 60 ms above its set point is trimmed whatever it holds
+    (``overruns``). A stream that stops, stalls or runs slow is reopened, the first time after
+    50 ms.
     """
 
     def __init__(self, name: str, input_device: str | int, output_device: str | int,
                  rate_hz: int = 48000, channels: int = 1, channel: int = 0,
                  blocksize: int | None = None, latency: float | str = 0.015,
-                 rx_setpoint_ms: float = 10.0, tx_setpoint_ms: float = 15.0,
+                 rx_setpoint_ms: float = 15.0, tx_setpoint_ms: float = 15.0,
                  max_ppm: float = 1000.0, quality: str = "sinc_fastest") -> None:
         super().__init__(name)
         if not 0 <= channel < channels:
@@ -86,13 +140,14 @@ class SoundCardPort(Port):
             cap <<= 1
         self.rx = Ring(cap)
         self.tx = Ring(cap)
-        self._stream: Any = None
+        self._streams: tuple[Any, ...] = ()
         self._stopping = threading.Event()
         self._supervisor: threading.Thread | None = None
         self._faults: deque[tuple[str, str]] = deque(maxlen=256)
         self._lock = threading.Lock()  # guards stream open/close (supervisor vs stop)
-        # callback counters (written by the callback thread only)
+        # callback counters (each written by its callback thread only)
         self.callbacks = 0
+        self.out_callbacks = 0
         self.callback_failures = 0
         self.cb_flags = 0
         self._primed = False
@@ -122,6 +177,15 @@ class SoundCardPort(Port):
         self._fifo = Ring(max(1024, 8 * block))   # engine-rate output FIFO (engine thread only)
         self.latency_samples = int(round(
             self._rs_in.delay_samples + self.rx_setpoint * engine_rate / self.rate_hz))
+        # well above the fill's normal jitter (PulseAudio moves audio in bursts of ~10 ms)
+        self._trim_margin = int(round(TRIM_MARGIN_MS * self.rate_hz / 1000))
+        ticks = max(1, int(round(TRIM_WINDOW_MS * engine_rate / 1000 / block)))
+        self._rx_floor = FloorTracker(ticks)
+        self._tx_floor = FloorTracker(ticks)
+        self._rx_quiet = self._tx_quiet = 0      # consecutive silent blocks
+        self._silence_ms2 = float(10.0 ** (TRIM_SILENCE_DBFS / 10.0))   # mean square
+        self.stats.extra.setdefault("rx_trimmed", 0)
+        self.stats.extra.setdefault("tx_trimmed", 0)
         self._primed = False
         self._tx_primed = False
         self._rx_reset = False
@@ -139,15 +203,24 @@ class SoundCardPort(Port):
             self._supervisor = None
         self._close()
 
-    # -- real-time callback ---------------------------------------------------------------
-    def _callback(self, indata: Any, outdata: Any, frames: int, time_info: Any,
-                  status: Any) -> None:
-        """PortAudio thread: copy device<->rings only; no allocation, logging or raising."""
+    # -- real-time callbacks --------------------------------------------------------------
+    def _in_callback(self, indata: Any, frames: int, time_info: Any, status: Any) -> None:
+        """PortAudio capture thread: copy the device into the rx ring only; no allocation,
+        logging or raising."""
         try:
             self.callbacks += 1
             if status:
                 self.cb_flags |= status._flags
             self.rx.write(indata[:, self.channel])
+        except Exception:  # noqa: BLE001 - a raise would silently stop the stream
+            self.callback_failures += 1
+
+    def _out_callback(self, outdata: Any, frames: int, time_info: Any, status: Any) -> None:
+        """PortAudio playback thread: fill the device from the tx ring (zeros on underrun)."""
+        try:
+            self.out_callbacks += 1
+            if status:
+                self.cb_flags |= status._flags
             if self.channels > 1:
                 outdata.fill(0)
             self.tx.read_into(outdata[:, self.channel])
@@ -169,6 +242,7 @@ class SoundCardPort(Port):
             self.rx.clear()
             self._fifo.clear()
             self._dc_in.reset()
+            self._rx_floor.reset()
         if not self._primed:
             if self.rx.fill < self.rx_setpoint + self._pull:
                 out[:] = 0.0
@@ -179,16 +253,38 @@ class SoundCardPort(Port):
         if excess > 0:  # the engine fell behind (a stall): drop stale audio, keep latency
             self.rx.discard(excess + self._max_excess // 2)
             self.stats.overruns += 1
+        self._fill_fifo(n)
+        if self._fifo.fill < n:
+            self.stats.underruns += 1
+        self._fifo.read_into(out)
+        floor = self._rx_floor.update(self.rx.fill)
+        for _ in range(TRIM_MAX_BLOCKS):
+            # behind after a stall: drop silence (inaudible) until the ring is back
+            if not self._silent(out, "_rx_quiet") or \
+                    floor <= self.rx_setpoint + self._trim_margin or \
+                    self._rx_quiet <= TRIM_AFTER_SILENT:
+                break
+            self._fill_fifo(n)
+            if self._fifo.fill < n:
+                break
+            self._fifo.read_into(out)
+            self.stats.extra["rx_trimmed"] += n
+            floor = self._rx_floor.update(self.rx.fill)
+        self._rs_in.set_correction_ppm(self._dc_in.update(self.rx.fill))
+        self._sync_stats()
+
+    def _silent(self, x: Block, counter: str) -> bool:
+        """Is ``x`` below the trim level? Counts consecutive silent blocks in ``counter``."""
+        quiet = bool(len(x)) and float(np.dot(x, x)) < self._silence_ms2 * len(x)
+        setattr(self, counter, getattr(self, counter) + 1 if quiet else 0)
+        return quiet
+
+    def _fill_fifo(self, n: int) -> None:
         while self._fifo.fill < n and self.rx.fill >= self._pull:
             self.rx.read_into(self._pull_buf)
             y = self._rs_in.process(self._pull_buf)
             if self._fifo.write(y) < len(y):
                 self.stats.overruns += 1
-        if self._fifo.fill < n:
-            self.stats.underruns += 1
-        self._fifo.read_into(out)
-        self._rs_in.set_correction_ppm(self._dc_in.update(self.rx.fill))
-        self._sync_stats()
 
     def write(self, block: Block) -> None:
         """Resample one engine block to the device rate and queue it for playback."""
@@ -198,10 +294,21 @@ class SoundCardPort(Port):
             self.tx.write_zeros(self.tx_setpoint - self.tx.fill - len(y))
             self.tx.reset_counters()  # (a counter race with the callback only loses a count)
             self._dc_out.reset()
+            self._tx_floor.reset()
+        elif self.tx.fill == 0:
+            # ran dry (the engine stalled): the device has been playing zeros; restore the
+            # cushion now rather than glitch on every burst until the drift loop catches up
+            self.tx.write_zeros(self.tx_setpoint - len(y))
+            self.stats.extra["tx_reprimes"] = self.stats.extra.get("tx_reprimes", 0) + 1
+        floor = self._tx_floor.update(self.tx.fill)
         if self.tx.fill > self.tx_setpoint + self._max_excess:
             # the device fell behind (server starved): drop this block rather than let the
             # playback latency grow; counted as an overrun
             self.stats.overruns += 1
+        elif self._silent(y, "_tx_quiet") and self._tx_quiet > TRIM_AFTER_SILENT and \
+                floor > self.tx_setpoint + self._trim_margin:
+            self.stats.extra["tx_trimmed"] += len(y)   # latency left by a stall: drop silence
+            self._tx_floor.update(self.tx.fill - len(y))
         else:
             self.tx.write(y)
         self._rs_out.set_correction_ppm(self._dc_out.update(self.tx.fill))
@@ -229,21 +336,36 @@ class SoundCardPort(Port):
         return find_device(dev, kind)
 
     def _open(self) -> None:
+        # Capture and playback are two streams, not one duplex stream: PortAudio's ALSA duplex
+        # path polls both devices together and gives up on the stream (it stops) when the
+        # PulseAudio plugin reports an error on one of them; apart, an xrun only costs a block.
         import sounddevice as sd
 
         with self._lock:
             inp = self._resolve(self.input_device, "input")
             outp = self._resolve(self.output_device, "output")
-            stream = sd.Stream(device=(inp, outp), samplerate=self.rate_hz,
-                               blocksize=self.blocksize, channels=self.channels,
-                               dtype="float32", latency=self.latency, callback=self._callback)
-            stream.start()
-            self._stream = stream
+            common = dict(samplerate=self.rate_hz, blocksize=self.blocksize,
+                          channels=self.channels, dtype="float32", latency=self.latency)
+            opened: list[Any] = []
+            try:
+                opened.append(sd.InputStream(device=inp, callback=self._in_callback, **common))
+                opened.append(sd.OutputStream(device=outp, callback=self._out_callback,
+                                              **common))
+                for st in opened:
+                    st.start()
+            except Exception:
+                for st in opened:         # never leave a half-opened stream behind
+                    try:
+                        st.close()
+                    except Exception:  # noqa: BLE001
+                        pass
+                raise
+            self._streams = tuple(opened)
 
     def _close(self) -> None:
         with self._lock:
-            stream, self._stream = self._stream, None
-        if stream is not None:
+            streams, self._streams = self._streams, ()
+        for stream in streams:
             try:
                 stream.abort()
             except Exception:  # noqa: BLE001 - the device may already be gone
@@ -253,33 +375,56 @@ class SoundCardPort(Port):
             except Exception:  # noqa: BLE001
                 pass
 
-    def _healthy(self, last_calls: int, last_change: float, failures: int) -> str | None:
-        stream = self._stream
-        if stream is None:
+    def _progress(self) -> tuple[int, int]:
+        return self.callbacks, self.out_callbacks
+
+    def _healthy(self, last_calls: tuple[int, int], last_change: tuple[float, float],
+                 failures: int) -> str | None:
+        streams = self._streams
+        if not streams:
             return "no stream"
-        try:
-            active = stream.active
-        except Exception as exc:  # noqa: BLE001
-            return f"stream error: {exc}"
-        if not active:
-            return "stream stopped"
+        for name, stream in zip(("capture", "playback"), streams):
+            try:
+                active = stream.active
+            except Exception as exc:  # noqa: BLE001
+                return f"{name} stream error: {exc}"
+            if not active:
+                return f"{name} stream stopped"
         if self.callback_failures != failures:
             return f"callback failed {self.callback_failures - failures} times"
-        if self.callbacks == last_calls and time.monotonic() - last_change > STALL_S:
-            return f"no callback for {STALL_S:.1f} s"
+        now = time.monotonic()
+        for name, calls, last, changed in zip(("capture", "playback"), self._progress(),
+                                              last_calls, last_change):
+            if calls == last and now - changed > STALL_S:
+                return f"no {name} callback for {STALL_S:.1f} s"
         return None
 
     def _supervise(self) -> None:
-        last_calls = self.callbacks
-        last_change = time.monotonic()
+        last_calls = self._progress()
+        now = time.monotonic()
+        last_change = (now, now)
         failures = self.callback_failures
+        win_t, win_calls, slow = now, last_calls, 0
         while not self._stopping.wait(0.1):
-            if self.callbacks != last_calls:
-                last_calls, last_change = self.callbacks, time.monotonic()
+            now = time.monotonic()
+            calls = self._progress()
+            last_change = (now if calls[0] != last_calls[0] else last_change[0],
+                           now if calls[1] != last_calls[1] else last_change[1])
+            last_calls = calls
             problem = self._healthy(last_calls, last_change, failures)
             failures = self.callback_failures
+            if problem is None and now - win_t >= SLOW_WINDOW_S:
+                # a stream that runs but slower than real time (seen after xruns under heavy
+                # load) starves the engine and fills the tx ring: reopen it too
+                pace = min(c - w for c, w in zip(calls, win_calls)) * self.blocksize / (
+                    self.rate_hz * (now - win_t))
+                slow = slow + 1 if pace < SLOW_PACE else 0
+                if slow >= 2:
+                    problem = f"running at {100 * pace:.0f} % of real time"
+                win_t, win_calls = now, calls
             if problem is None:
                 continue
+            slow = 0
             self._faults.append(("device_lost", f"{self.name}: {problem}"))
             self._close()
             attempt = 0
@@ -300,6 +445,9 @@ class SoundCardPort(Port):
                     continue
                 self.stats.reopens += 1
                 self._faults.append(("reopened", f"{self.name}: after {attempt} attempt(s)"))
-                last_calls, last_change = self.callbacks, time.monotonic()
+                last_calls = self._progress()
+                now = time.monotonic()
+                last_change = (now, now)
+                win_t, win_calls = now, last_calls
                 failures = self.callback_failures
                 break
