@@ -135,6 +135,38 @@ class Decoder(ABC):
         """Clear state; keep parameters."""
 
 
+class LookaheadEncoder(Encoder):
+    """Encoder of a codec with a look-ahead: subclasses set ``_frames`` (a
+    :class:`FrameBuffer`) and implement ``_encode_frame``.
+
+    ``flush`` pads with silence until the decoder has returned every sample given, look-ahead
+    included: after it the decoded stream holds at least ``samples_in + delay_samples``
+    samples. Without samples since the last ``flush``/``reset`` it returns ``[]``.
+    """
+
+    _frames: FrameBuffer
+    _fed: bool = False              # samples encoded since the last flush/reset
+
+    @abstractmethod
+    def _encode_frame(self, frame: NDArray[np.float32]) -> bytes:
+        """Encode exactly ``frame_samples`` samples."""
+
+    def encode(self, pcm: NDArray[np.float32]) -> list[bytes]:
+        """Encode a block of any length; return the packets of the frames it completed."""
+        self._fed = self._fed or np.size(pcm) > 0
+        return [self._encode_frame(f) for f in self._frames.push(pcm)]
+
+    def flush(self) -> list[bytes]:
+        if not self._fed:
+            return []
+        need = self._frames.buffered + self.delay_samples
+        n_frames = -(-need // self.frame_samples)
+        pad = n_frames * self.frame_samples - self._frames.buffered
+        packets = self.encode(np.zeros(pad, dtype=np.float32))
+        self._fed = False
+        return packets
+
+
 class PcmEncoder(Encoder):
     """Sample-by-sample codec with fixed framing: subclasses implement ``_encode_frame``."""
 

@@ -22,7 +22,7 @@ import numpy as np
 import pycodec2
 from numpy.typing import NDArray
 
-from .base import Decoder, Encoder, FrameBuffer
+from .base import Decoder, FrameBuffer, LookaheadEncoder
 
 SAMPLE_RATE = 8000
 #: Mode name -> (pycodec2 mode, samples per frame at 8000 Hz, bits per frame).
@@ -69,7 +69,7 @@ class _Codec2Base:
         self._c2_mode = c2_mode
 
 
-class Codec2Encoder(_Codec2Base, Encoder):
+class Codec2Encoder(_Codec2Base, LookaheadEncoder):
     """Codec 2 encoder; ``mode`` one of :data:`MODES` (default ``"3200"``).
 
     Each frame becomes ``bytes_per_frame`` bytes (bits packed MSB first, as ``c2enc`` writes).
@@ -88,24 +88,8 @@ class Codec2Encoder(_Codec2Base, Encoder):
         """Codec delay at 8000 Hz: 160 samples (20 ms), 240 (30 ms) for 700C."""
         return DELAY_SAMPLES[self.mode]
 
-    def encode(self, pcm: NDArray[np.float32]) -> list[bytes]:
-        """Encode a block of any length; return the packets of the frames it completed."""
-        self._fed = self._fed or np.size(pcm) > 0
-        return [bytes(self._c2.encode(_to_int16(f))) for f in self._frames.push(pcm)]
-
-    def flush(self) -> list[bytes]:
-        """End of transmission: pad with silence until the decoder has returned every sample.
-
-        As for Opus, the packets returned cover the buffered samples and the codec delay.
-        """
-        if not self._fed:
-            return []
-        need = self._frames.buffered + self.delay_samples
-        n_frames = -(-need // self.frame_samples)
-        pad = n_frames * self.frame_samples - self._frames.buffered
-        packets = self.encode(np.zeros(pad, dtype=np.float32))
-        self._fed = False
-        return packets
+    def _encode_frame(self, frame: NDArray[np.float32]) -> bytes:
+        return bytes(self._c2.encode(_to_int16(frame)))
 
     def reset(self) -> None:
         """Clear state (frame buffer, codec state); keep the mode."""

@@ -21,7 +21,7 @@ import G722 as _g722
 import numpy as np
 from numpy.typing import NDArray
 
-from .base import Decoder, Encoder, FrameBuffer
+from .base import Decoder, FrameBuffer, LookaheadEncoder
 
 SAMPLE_RATE = 16000
 FRAME_MS = 20
@@ -42,7 +42,7 @@ def _check_bitrate(bitrate: Any) -> None:
         raise ValueError(f"g722: only {BITRATE} bit/s is offered, got {bitrate!r}")
 
 
-class G722Encoder(Encoder):
+class G722Encoder(LookaheadEncoder):
     """G.722 encoder at 64 kbit/s; ``frame_ms`` per packet (default 20)."""
 
     name: ClassVar[str] = "g722"
@@ -64,22 +64,6 @@ class G722Encoder(Encoder):
         scaled: Any = np.rint(frame.astype(np.float64) * 32768.0)
         pcm = np.ascontiguousarray(np.clip(scaled, -32768, 32767).astype(np.int16))
         return bytes(self._codec.encode(pcm))
-
-    def encode(self, pcm: NDArray[np.float32]) -> list[bytes]:
-        """Encode a block of any length; return the packets of the frames it completed."""
-        self._fed = self._fed or np.size(pcm) > 0
-        return [self._encode_frame(f) for f in self._frames.push(pcm)]
-
-    def flush(self) -> list[bytes]:
-        """End of transmission: pad with silence until the decoder has returned every sample."""
-        if not self._fed:
-            return []
-        need = self._frames.buffered + self.delay_samples
-        n_frames = -(-need // self.frame_samples)
-        pad = n_frames * self.frame_samples - self._frames.buffered
-        packets = self.encode(np.zeros(pad, dtype=np.float32))
-        self._fed = False
-        return packets
 
     def reset(self) -> None:
         """Clear state (frame buffer, ADPCM state); keep parameters."""

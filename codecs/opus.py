@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 import numpy as np
 from numpy.typing import NDArray
 
-from .base import Decoder, Encoder, FrameBuffer
+from .base import Decoder, FrameBuffer, LookaheadEncoder
 
 try:
     import opuslib
@@ -78,7 +78,7 @@ def _check(bitrate: int, rate: int, frame_ms: int, complexity: int | None,
                          f"got {application!r}")
 
 
-class OpusEncoder(Encoder):
+class OpusEncoder(LookaheadEncoder):
     """Opus encoder, mono.
 
     Parameters
@@ -161,28 +161,6 @@ class OpusEncoder(Encoder):
     def _encode_frame(self, frame: NDArray[np.float32]) -> bytes:
         pcm = np.ascontiguousarray(frame, dtype=np.float32).tobytes()
         return bytes(self._enc.encode_float(pcm, self.frame_samples))
-
-    def encode(self, pcm: NDArray[np.float32]) -> list[bytes]:
-        """Encode a block of any length; return the packets of the frames it completed."""
-        self._fed = self._fed or np.size(pcm) > 0
-        return [self._encode_frame(f) for f in self._frames.push(pcm)]
-
-    def flush(self) -> list[bytes]:
-        """End of transmission: pad with silence until the decoder has returned every sample.
-
-        Returns enough packets that the buffered partial frame *and* the codec's look-ahead
-        come out of the decoder: after ``flush`` the decoded stream holds at least
-        ``samples_in + delay_samples`` samples. Encoder state is kept (call ``reset`` for a new
-        stream). Without samples since the last ``flush``/``reset`` it returns ``[]``.
-        """
-        if not self._fed:
-            return []
-        need = self._frames.buffered + self.delay_samples
-        n_frames = -(-need // self.frame_samples)
-        pad = n_frames * self.frame_samples - self._frames.buffered
-        packets = self.encode(np.zeros(pad, dtype=np.float32))
-        self._fed = False
-        return packets
 
     def reset(self) -> None:
         """Clear state (frame buffer, libopus state); keep parameters."""
