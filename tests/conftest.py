@@ -24,10 +24,11 @@ recorded from ``air_tx`` (see docs/soundcards.md). Devices are named, so pass th
 - ``soundcards.remove(name)`` unloads a card's sinks (device loss drills); ``up(name)`` brings
   it back. ``soundcards.cards`` is the underlying :class:`brug.gateway.soundcards.SoundCards`.
 - Skipped (not failed) when PulseAudio/pactl/PortAudio are not installed.
-- A test that uses the fixture runs again (up to twice) when it fails: the audio server and
+- A test that uses the fixture runs again (up to three times) when it fails: the audio server and
   PortAudio's ALSA plugin path run on an ordinary scheduler on shared 2-core machines and now
   and then lose a buffer the gateway never saw (the ports' counters say so in the failure).
-  A real defect fails all three runs; ``-p no:rerunfailures`` shows every failure.
+  A real defect fails all four runs; ``-p no:rerunfailures`` shows every failure; the
+  summary (``-rR``) names the tests that needed a rerun.
 """
 
 from __future__ import annotations
@@ -107,4 +108,4 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Tests on real PortAudio streams get up to two reruns (see the module docstring)."""
     for item in items:
         if "soundcards" in getattr(item, "fixturenames", ()):
-            item.add_marker(pytest.mark.flaky(reruns=2, reruns_delay=1))
+            item.add_marker(pytest.mark.flaky(reruns=3, reruns_delay=1))
