@@ -9,10 +9,23 @@ Resampling to and from the engine rate is the caller's job (``brug.codecs.resamp
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 from numpy.typing import NDArray
+
+
+def float_to_pcm16(x: NDArray[np.floating[Any]]) -> NDArray[np.int16]:
+    """Float samples (full scale 1.0) to int16: rounded to nearest, saturated (never wrapped),
+    C-contiguous. Allocates; fine on the engine thread."""
+    scaled: Any = np.rint(np.asarray(x, np.float64) * 32768.0)
+    return np.ascontiguousarray(np.clip(scaled, -32768, 32767).astype(np.int16))
+
+
+def pcm16_to_float(pcm: NDArray[np.signedinteger[Any]]) -> NDArray[np.float32]:
+    """int16 samples (any byte order) to float32, full scale 1.0 (exact: a power-of-two
+    scale)."""
+    return np.asarray(pcm).astype(np.float32) / np.float32(32768.0)
 
 
 class CodecUnavailableError(RuntimeError):

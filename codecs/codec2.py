@@ -22,7 +22,7 @@ import numpy as np
 import pycodec2
 from numpy.typing import NDArray
 
-from .base import Decoder, FrameBuffer, LookaheadEncoder
+from .base import Decoder, FrameBuffer, LookaheadEncoder, float_to_pcm16, pcm16_to_float
 
 SAMPLE_RATE = 8000
 #: Mode name -> (pycodec2 mode, samples per frame at 8000 Hz, bits per frame).
@@ -50,11 +50,6 @@ def mode_name(mode: Any) -> str:
     if key not in MODES:
         raise ValueError(f"codec2: mode must be one of {', '.join(MODES)}, got {mode!r}")
     return key
-
-
-def _to_int16(x: NDArray[np.float32]) -> NDArray[np.int16]:
-    scaled: Any = np.rint(np.asarray(x, np.float64) * 32768.0)
-    return np.ascontiguousarray(np.clip(scaled, -32768, 32767).astype(np.int16))
 
 
 class _Codec2Base:
@@ -89,7 +84,7 @@ class Codec2Encoder(_Codec2Base, LookaheadEncoder):
         return DELAY_SAMPLES[self.mode]
 
     def _encode_frame(self, frame: NDArray[np.float32]) -> bytes:
-        return bytes(self._c2.encode(_to_int16(frame)))
+        return bytes(self._c2.encode(float_to_pcm16(frame)))
 
     def reset(self) -> None:
         """Clear state (frame buffer, codec state); keep the mode."""
@@ -118,7 +113,7 @@ class Codec2Decoder(_Codec2Base, Decoder):
         out = [self._c2.decode(bytes(payload[i:i + self.bytes_per_frame]))
                for i in range(0, n, self.bytes_per_frame)]
         pcm = np.concatenate(out) if len(out) > 1 else out[0]
-        return (pcm.astype(np.float32) / np.float32(32768.0)).astype(np.float32)
+        return pcm16_to_float(pcm)
 
     def reset(self) -> None:
         """Clear state (codec state); keep the mode."""

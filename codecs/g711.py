@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 import numpy as np
 from numpy.typing import NDArray
 
-from .base import FrameBuffer, PcmDecoder, PcmEncoder
+from .base import FrameBuffer, PcmDecoder, PcmEncoder, float_to_pcm16
 
 SAMPLE_RATE = 8000
 FRAME_MS = 20
@@ -87,8 +87,7 @@ def _as_int16(pcm: NDArray[Any]) -> NDArray[np.int16]:
     if pcm.dtype == np.int16:
         return pcm.astype(np.int16, copy=False)
     if np.issubdtype(pcm.dtype, np.floating):
-        scaled: Any = np.rint(pcm.astype(np.float64) * 32768.0)
-        return np.clip(scaled, -32768, 32767).astype(np.int16)
+        return float_to_pcm16(pcm)
     raise TypeError(f"G.711 encodes int16 or float samples, got dtype {pcm.dtype}")
 
 

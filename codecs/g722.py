@@ -21,7 +21,7 @@ import G722 as _g722
 import numpy as np
 from numpy.typing import NDArray
 
-from .base import Decoder, FrameBuffer, LookaheadEncoder
+from .base import Decoder, FrameBuffer, LookaheadEncoder, float_to_pcm16, pcm16_to_float
 
 SAMPLE_RATE = 16000
 FRAME_MS = 20
@@ -61,9 +61,7 @@ class G722Encoder(LookaheadEncoder):
         return DELAY_SAMPLES
 
     def _encode_frame(self, frame: NDArray[np.float32]) -> bytes:
-        scaled: Any = np.rint(frame.astype(np.float64) * 32768.0)
-        pcm = np.ascontiguousarray(np.clip(scaled, -32768, 32767).astype(np.int16))
-        return bytes(self._codec.encode(pcm))
+        return bytes(self._codec.encode(float_to_pcm16(frame)))
 
     def reset(self) -> None:
         """Clear state (frame buffer, ADPCM state); keep parameters."""
@@ -89,7 +87,7 @@ class G722Decoder(Decoder):
 
     def decode(self, payload: bytes) -> NDArray[np.float32]:
         pcm = np.frombuffer(self._codec.decode(bytes(payload)), dtype=np.int16)
-        return (pcm.astype(np.float32) / np.float32(32768.0)).astype(np.float32)
+        return pcm16_to_float(pcm)
 
     def reset(self) -> None:
         """Clear state (ADPCM state); keep parameters."""

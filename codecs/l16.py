@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 from numpy.typing import NDArray
 
-from .base import FrameBuffer, PcmDecoder, PcmEncoder
+from .base import FrameBuffer, PcmDecoder, PcmEncoder, float_to_pcm16, pcm16_to_float
 
 SAMPLE_RATE = 8000
 FRAME_MS = 20
@@ -27,9 +27,7 @@ class L16Encoder(PcmEncoder):
         self._frames = FrameBuffer(self.frame_samples)
 
     def _encode_frame(self, frame: NDArray[np.float32]) -> bytes:
-        scaled: Any = np.rint(frame.astype(np.float64) * 32768.0)
-        pcm = np.clip(scaled, -32768, 32767).astype(">i2")
-        return pcm.tobytes()
+        return float_to_pcm16(frame).astype(">i2").tobytes()
 
 
 class L16Decoder(PcmDecoder):
@@ -45,4 +43,4 @@ class L16Decoder(PcmDecoder):
         if len(payload) % 2:
             raise ValueError(f"l16 payload must have an even length, got {len(payload)} bytes")
         pcm = np.frombuffer(payload, dtype=">i2")
-        return (pcm.astype(np.float32) / np.float32(32768.0)).astype(np.float32)
+        return pcm16_to_float(pcm)

@@ -15,6 +15,7 @@ import numpy as np
 import numpy.typing as npt
 
 from brug.codecs import g711
+from brug.codecs.base import float_to_pcm16, pcm16_to_float
 
 Pcm = npt.NDArray[np.float32]
 
@@ -39,10 +40,6 @@ FORMATS = {
     # RFC 7587: the RTP clock is 48 kHz whatever the codec runs at; we encode/decode wideband
     "opus": PayloadFormat("opus", 48000, 16000, None),
 }
-
-
-def _to_int16(x: Pcm) -> npt.NDArray[np.int32]:
-    return np.clip(np.round(x * 32768.0), -32768, 32767).astype(np.int32)
 
 
 # G.711 is brug.codecs.g711's (bit-exact with the ITU-T reference and audioop); these thin
@@ -77,10 +74,10 @@ class _G711:
 
 class _L16:
     def encode(self, pcm: Pcm) -> bytes:
-        return _to_int16(pcm).astype(">i2").tobytes()
+        return float_to_pcm16(pcm).astype(">i2").tobytes()
 
     def decode(self, data: bytes) -> Pcm:
-        return (np.frombuffer(data[:len(data) & ~1], ">i2") / 32768.0).astype(np.float32)
+        return pcm16_to_float(np.frombuffer(data[:len(data) & ~1], ">i2"))
 
 
 class _Opus:
