@@ -382,7 +382,7 @@ class Engine:
         except ValueError as exc:
             raise EngineError("bad_request", f"port {p.name!r}: filters: {exc}") from None
         p.settle_until = self.t + self.config.ms(RX_SETTLE_MS) if p.rx_chain else 0
-        self._settling = True
+        self._settling = self._settling or p.rx_chain is not None
         try:
             p.agc = None if p.settings.agc is None else Agc(self.rate, **p.settings.agc)
         except (TypeError, ValueError) as exc:

@@ -177,8 +177,7 @@ def parse_site(data: Any, pos: Positions, path: str) -> SiteConfig:
     return SiteConfig(path, engine, control, ports, patches, data)
 
 
-def _port(ctx: _Ctx, name: str, raw: Mapping[str, Any],
-          engine_rate: int = 16000) -> PortSpec:
+def _port(ctx: _Ctx, name: str, raw: Mapping[str, Any], engine_rate: int) -> PortSpec:
     key = f"ports.{name}"
     if "." in name or not name:
         raise ctx.err(key, "port names may not be empty or contain '.' (used in event topics)")

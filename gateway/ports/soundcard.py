@@ -177,7 +177,8 @@ class SoundCardPort(Port):
         self._fifo = Ring(max(1024, 8 * block))   # engine-rate output FIFO (engine thread only)
         self.latency_samples = int(round(
             self._rs_in.delay_samples + self.rx_setpoint * engine_rate / self.rate_hz))
-        # well above the fill's normal jitter (PulseAudio moves audio in bursts of ~10 ms)
+        # trimming compares the floor of a ring's fill (PulseAudio's bursts only lift the
+        # fill above it) with the set point plus this margin, device samples
         self._trim_margin = int(round(TRIM_MARGIN_MS * self.rate_hz / 1000))
         ticks = max(1, int(round(TRIM_WINDOW_MS * engine_rate / 1000 / block)))
         self._rx_floor = FloorTracker(ticks)
@@ -260,8 +261,8 @@ class SoundCardPort(Port):
         floor = self._rx_floor.update(self.rx.fill)
         for _ in range(TRIM_MAX_BLOCKS):
             # behind after a stall: drop silence (inaudible) until the ring is back
-            if not self._silent(out, "_rx_quiet") or \
-                    floor <= self.rx_setpoint + self._trim_margin or \
+            self._rx_quiet = self._rx_quiet + 1 if self._silent(out) else 0
+            if not self._rx_quiet or floor <= self.rx_setpoint + self._trim_margin or \
                     self._rx_quiet <= TRIM_AFTER_SILENT:
                 break
             self._fill_fifo(n)
@@ -273,11 +274,9 @@ class SoundCardPort(Port):
         self._rs_in.set_correction_ppm(self._dc_in.update(self.rx.fill))
         self._sync_stats()
 
-    def _silent(self, x: Block, counter: str) -> bool:
-        """Is ``x`` below the trim level? Counts consecutive silent blocks in ``counter``."""
-        quiet = bool(len(x)) and float(np.dot(x, x)) < self._silence_ms2 * len(x)
-        setattr(self, counter, getattr(self, counter) + 1 if quiet else 0)
-        return quiet
+    def _silent(self, x: Block) -> bool:
+        """Is ``x`` below the trim level (:data:`TRIM_SILENCE_DBFS`)?"""
+        return bool(len(x)) and float(np.dot(x, x)) < self._silence_ms2 * len(x)
 
     def _fill_fifo(self, n: int) -> None:
         while self._fifo.fill < n and self.rx.fill >= self._pull:
@@ -301,16 +300,20 @@ class SoundCardPort(Port):
             self.tx.write_zeros(self.tx_setpoint - len(y))
             self.stats.extra["tx_reprimes"] = self.stats.extra.get("tx_reprimes", 0) + 1
         floor = self._tx_floor.update(self.tx.fill)
+        quiet = self._silent(y)
         if self.tx.fill > self.tx_setpoint + self._max_excess:
             # the device fell behind (server starved): drop this block rather than let the
             # playback latency grow; counted as an overrun
             self.stats.overruns += 1
-        elif self._silent(y, "_tx_quiet") and self._tx_quiet > TRIM_AFTER_SILENT and \
+        elif quiet and self._tx_quiet >= TRIM_AFTER_SILENT and \
                 floor > self.tx_setpoint + self._trim_margin:
             self.stats.extra["tx_trimmed"] += len(y)   # latency left by a stall: drop silence
+            # the ring now holds a block less than it would have: count that at once, so the
+            # floor does not trim past the set point before the next update sees it
             self._tx_floor.update(self.tx.fill - len(y))
         else:
             self.tx.write(y)
+        self._tx_quiet = self._tx_quiet + 1 if quiet else 0
         self._rs_out.set_correction_ppm(self._dc_out.update(self.tx.fill))
 
     def _sync_stats(self) -> None:
@@ -378,8 +381,9 @@ class SoundCardPort(Port):
     def _progress(self) -> tuple[int, int]:
         return self.callbacks, self.out_callbacks
 
-    def _healthy(self, last_calls: tuple[int, int], last_change: tuple[float, float],
-                 failures: int) -> str | None:
+    def _healthy(self, last_change: tuple[float, float], failures: int) -> str | None:
+        """Why the streams are unhealthy, or ``None``; ``last_change`` holds when each stream's
+        callback last made progress (monotonic s)."""
         streams = self._streams
         if not streams:
             return "no stream"
@@ -393,9 +397,8 @@ class SoundCardPort(Port):
         if self.callback_failures != failures:
             return f"callback failed {self.callback_failures - failures} times"
         now = time.monotonic()
-        for name, calls, last, changed in zip(("capture", "playback"), self._progress(),
-                                              last_calls, last_change):
-            if calls == last and now - changed > STALL_S:
+        for name, changed in zip(("capture", "playback"), last_change):
+            if now - changed > STALL_S:
                 return f"no {name} callback for {STALL_S:.1f} s"
         return None
 
@@ -411,7 +414,7 @@ class SoundCardPort(Port):
             last_change = (now if calls[0] != last_calls[0] else last_change[0],
                            now if calls[1] != last_calls[1] else last_change[1])
             last_calls = calls
-            problem = self._healthy(last_calls, last_change, failures)
+            problem = self._healthy(last_change, failures)
             failures = self.callback_failures
             if problem is None and now - win_t >= SLOW_WINDOW_S:
                 # a stream that runs but slower than real time (seen after xruns under heavy
