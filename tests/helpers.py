@@ -200,28 +200,31 @@ def playrec(play: str, rec: str, x: npt.ArrayLike, fs: int, tail_s: float = 0.5,
     sig = np.concatenate([np.asarray(x, np.float32), np.zeros(int(fs * tail_s), np.float32)])
     n = len(sig)
     got = np.zeros(n + 2 * fs, np.float32)
-    st: dict[str, float | int | None] = {"pos": 0, "w": 0, "dac0": None, "adc0": None}
     done = threading.Event()
+
+    class Clock:
+        pos = 0                     # samples played
+        written = 0                 # samples recorded
+        dac0: float | None = None   # PortAudio time of the first sample played
+        adc0: float | None = None   # ... and of the first sample recorded
 
     def out_cb(outdata: npt.NDArray[np.float32], frames: int, t: object,
                status: object) -> None:
-        p = int(st["pos"] or 0)
-        if st["dac0"] is None:
-            st["dac0"] = float(t.outputBufferDacTime)  # type: ignore[attr-defined]
-        chunk = sig[p:p + frames]
+        if Clock.dac0 is None:
+            Clock.dac0 = float(t.outputBufferDacTime)  # type: ignore[attr-defined]
+        chunk = sig[Clock.pos:Clock.pos + frames]
         outdata[:len(chunk), 0] = chunk
         outdata[len(chunk):, 0] = 0.0
-        st["pos"] = p + frames
-        if p + frames >= n:
+        Clock.pos += frames
+        if Clock.pos >= n:
             done.set()
 
     def in_cb(indata: npt.NDArray[np.float32], frames: int, t: object, status: object) -> None:
-        if st["adc0"] is None:
-            st["adc0"] = float(t.inputBufferAdcTime)  # type: ignore[attr-defined]
-        w = int(st["w"] or 0)
-        k = min(frames, len(got) - w)
-        got[w:w + k] = indata[:k, 0]
-        st["w"] = w + k
+        if Clock.adc0 is None:
+            Clock.adc0 = float(t.inputBufferAdcTime)  # type: ignore[attr-defined]
+        k = min(frames, len(got) - Clock.written)
+        got[Clock.written:Clock.written + k] = indata[:k, 0]
+        Clock.written += k
 
     common = dict(samplerate=fs, channels=1, dtype="float32", blocksize=blocksize,
                   latency=latency)
@@ -239,10 +242,10 @@ def playrec(play: str, rec: str, x: npt.ArrayLike, fs: int, tail_s: float = 0.5,
         ins.stop()
         outs.close()
         ins.close()
-    if st["adc0"] is None or st["dac0"] is None:
+    if Clock.adc0 is None or Clock.dac0 is None:
         raise TimeoutError(f"no audio from {rec!r}")
     lead = int(round(lead_s * fs))
-    off = int(round((float(st["dac0"]) - float(st["adc0"])) * fs)) - lead
+    off = int(round((Clock.dac0 - Clock.adc0) * fs)) - lead
     if off >= 0:
         out = got[off:off + n + lead]
     else:
