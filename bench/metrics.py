@@ -45,6 +45,7 @@ from scipy import signal
 
 from brug.bench.plan import PortPlan, ReplayPlan
 from brug.bench.scenario import Scenario, Transmission
+from brug.gateway.engine import build_filters
 
 Array = npt.NDArray[np.float32]
 
@@ -77,8 +78,6 @@ def path_filters(src: PortPlan, dst: PortPlan, x: Array, fs: int) -> Array:
     to ``dst`` (the source's receive chain, the destination's transmit chain), so a delivery
     is judged against what the gateway is configured to deliver. The squelch tail is not
     removed here (the over's end is judged as it is)."""
-    from brug.gateway.engine import build_filters
-
     out = x
     if src.settings.filters:
         rx = build_filters(src.settings.filters, fs)[0]
