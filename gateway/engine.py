@@ -954,6 +954,7 @@ class Engine:
     def snapshot(self) -> dict[str, Any]:
         """JSON-ready state: time, ports (COR, PTT, levels, patch) and patches (floor)."""
         ports = {}
+        levels = self._vox.level_db
         for i, name in enumerate(self._order):
             p = self._ports[name]
             ports[name] = {
@@ -963,7 +964,7 @@ class Engine:
                 "sources": list(p.srcs),
                 "delay_ms": round(max(0, self.t - p.r) * 1000.0 / self.rate, 1)
                 if p.live and p.srcs else 0.0,
-                "rx_level_dbfs": round(float(self._vox.level_db[i]), 1),
+                "rx_level_dbfs": round(float(levels[i]), 1),
                 "rx_gain_db": round(20 * math.log10(max(p.rx_gain, 1e-9)), 2),
                 "tx_gain_db": round(20 * math.log10(max(p.tx_gain, 1e-9)), 2),
                 "rx_mute": p.rx_mute, "tx_mute": p.tx_mute, "overs": p.overs,

@@ -64,3 +64,34 @@ def test_burst_shorter_than_attack_does_not_open() -> None:
 def test_close_threshold_above_open_is_refused() -> None:
     with pytest.raises(ValueError, match="close threshold"):
         VoxBank(FS, 1).configure(0, open_dbfs=-40, close_dbfs=-30, attack_ms=10, hang_ms=100)
+
+
+@pytest.mark.parametrize("db", [-40.0, -46.0, -60.0, -33.3, -120.0, 0.0])
+def test_linear_threshold_is_exactly_the_db_comparison(db: float) -> None:
+    from brug.gateway.vox import _sum_threshold, frame_level_db
+
+    f = FS // 1000
+    thr = _sum_threshold(db, f)
+    near = np.array([np.nextafter(thr, -np.inf), thr, np.nextafter(thr, np.inf),
+                     thr * (1 - 1e-9), thr * (1 + 1e-9)])
+    near = near[near >= 0]
+    assert np.array_equal(frame_level_db(near, f) >= db, near >= thr)
+
+
+def test_meter_reads_every_port_without_vox() -> None:
+    # no port on VOX: nothing is decided, but the meter still shows each port's last frame
+    v = VoxBank(FS, 2)
+    x = np.zeros((2, 80), np.float32)
+    x[0] = level(-20, 80 / FS)
+    assert v.process(0, x) == []
+    assert v.level_db[0] == pytest.approx(-20, abs=0.5)
+    assert v.level_db[1] == -120.0
+
+
+def test_attack_counts_from_when_vox_is_enabled() -> None:
+    v = VoxBank(FS, 1)
+    loud = level(-20, 0.2)[None, :]
+    assert v.process(0, loud[:, :1600]) == []          # VOX off: a loud line does not open
+    v.configure(0, open_dbfs=-40, close_dbfs=-46, attack_ms=10, hang_ms=300)
+    opened = v.process(1600, loud[:, 1600:])
+    assert [(e.t, e.open) for e in opened] == [(1600 + 10 * 16, True)]
