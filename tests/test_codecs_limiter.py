@@ -100,3 +100,19 @@ def test_each_channel_is_limited_as_if_it_were_alone() -> None:
         yc = np.concatenate([alone[c].process(x[c, i:i + 240]) for i in range(0, 16000, 240)])
         np.testing.assert_array_equal(y[c], yc)
     assert float(np.abs(y[2, 9000:9200]).max()) <= 10 ** (-1 / 20) * (1 + 1e-7)
+
+
+def test_idle_shortcut_is_bit_identical_to_the_full_path() -> None:
+    """While nothing is pending a quiet block only goes through the delay line; that must be
+    exactly what the full computation gives, including around overloads and the recovery."""
+    x = _hot(16000, 3) * 0.02
+    x[:, 4000:4400] *= 100.0              # an overload in the middle, then the release
+    x[2, 12000] = 0.95                    # a lone peak just over the ceiling
+    shortcut, full = Limiter(16000, 3), Limiter(16000, 3)
+    idle_blocks = 0
+    for i in range(0, x.shape[1], 80):
+        idle_blocks += shortcut._idle
+        full._idle = False                # never allowed to take the shortcut
+        np.testing.assert_array_equal(shortcut.process(x[:, i:i + 80]),
+                                      full.process(x[:, i:i + 80]))
+    assert 0 < idle_blocks < x.shape[1] // 80
