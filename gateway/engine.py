@@ -25,7 +25,7 @@ import math
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -230,6 +230,23 @@ def _db_to_gain(db: float) -> float:
     return float(10.0 ** (db / 20.0))
 
 
+class _CorSince(Mapping[str, int]):
+    """Port name -> engine sample at which its COR last opened: a live read-only view of the
+    engine's ports, handed to :meth:`Floor.update` every tick without building a dict."""
+
+    def __init__(self, ports: dict[str, _Port]) -> None:
+        self._ports = ports
+
+    def __getitem__(self, name: str) -> int:
+        return self._ports[name].cor_since
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._ports)
+
+    def __len__(self) -> int:
+        return len(self._ports)
+
+
 class Engine:
     """The block engine. See the module docstring and docs/engine.md."""
 
@@ -268,6 +285,10 @@ class Engine:
         self._tx_chains: list[tuple[int, Chain]] = []
         self._settling = False
         self._agcs: list[tuple[int, Agc]] = []
+        self._rows: list[_Port] = []            # ports in row order (the tick's list)
+        self._line_ports: list[_Port] = []      # ports whose COR comes from a line driver
+        self._rx_unity = True                   # every receive gain 1.0 (no mute)
+        self._cor_since = _CorSince(self._ports)
         self.late_ticks = 0
 
     # ------------------------------------------------------------------ arrays
@@ -275,6 +296,8 @@ class Engine:
         old_h = getattr(self, "_H", None)
         self._X: Array = np.zeros((n, self.block), np.float32)
         self._Y: Array = np.zeros((n, self.block), np.float32)
+        self._X_rows: list[Array] = list(self._X)     # row views, made once
+        self._Y_rows: list[Array] = list(self._Y)
         H = np.zeros((n, 2 * self._L), np.float32)
         if old_h is not None:
             k = min(n, old_h.shape[0])
@@ -301,6 +324,10 @@ class Engine:
             p = self._ports[name]
             self._rx_gain[i, 0] = 0.0 if p.rx_mute else p.rx_gain
         ports = [self._ports[n] for n in self._order]
+        self._rows = ports
+        self._line_ports = [p for p in ports
+                            if p.squelch is not None and p.settings.squelch.type != "vox"]
+        self._rx_unity = bool((self._rx_gain == 1.0).all())
         self._rx_chains = [(i, p.rx_chain) for i, p in enumerate(ports) if p.rx_chain]
         self._tx_chains = [(i, p.tx_chain) for i, p in enumerate(ports) if p.tx_chain]
         self._agcs = [(i, p.agc) for i, p in enumerate(ports) if p.agc is not None]
@@ -324,11 +351,9 @@ class Engine:
 
     def apply_commands(self) -> None:
         """Apply commands queued by :meth:`submit` (called at the start of every tick)."""
-        while True:
-            try:
-                fn, fut = self._commands.get_nowait()
-            except queue.Empty:
-                return
+        # this thread is the only consumer: a queue that is not empty stays so until read
+        while not self._commands.empty():
+            fn, fut = self._commands.get_nowait()
             if not fut.set_running_or_notify_cancel():
                 continue
             try:
@@ -652,16 +677,17 @@ class Engine:
         self.apply_commands()
         t, B, L = self.t, self.block, self._L
         X, Y = self._X, self._Y
-        ports = [self._ports[n] for n in self._order]
+        ports = self._rows
         # 1 pull
-        for i, p in enumerate(ports):
-            p.port.read(X[i])
+        for p, x in zip(ports, self._X_rows):
+            p.port.read(x)
         for i, chain in self._rx_chains:
             X[i] = chain.process(X[i])
         if ports:
             # 2 detect (VOX on the filtered audio, before gain and mute)
             vox_edges = self._vox.process(t, self._vox_input(t, X, ports))
-            X *= self._rx_gain
+            if not self._rx_unity:       # a gain of exactly 1.0 leaves every sample as it is
+                X *= self._rx_gain
             for i, agc in self._agcs:
                 X[i] = agc.process(X[i])
             j = t % L
@@ -673,9 +699,8 @@ class Engine:
                 self._H[:, L:L + B - first] = X[:, first:]
             for e in vox_edges:
                 self._cor_edge(ports[e.port], e.open, e.t, f"vox {e.level_dbfs:.0f} dBFS")
-            for p in ports:
-                if p.squelch is not None and p.settings.squelch.type != "vox":
-                    self._line_cor(p, t)
+            for p in self._line_ports:
+                self._line_cor(p, t)
             if self.ticks % 10 == 0:
                 self._poll_drivers(ports)
         # 3 floor
@@ -683,8 +708,7 @@ class Engine:
         blocked: set[str] = set()
         for floor in self._patches.values():
             cor = {m: self._effective_cor(self._ports[m], t) for m in floor.members}
-            since = {m: self._ports[m].cor_since for m in floor.members}
-            for ch in floor.update(t, cor, since):
+            for ch in floor.update(t, cor, self._cor_since):
                 self._emit_floor(floor, ch)
             routes.update(floor.routes())
             blocked |= floor.blocked
@@ -703,8 +727,8 @@ class Engine:
             Y[i] = chain.process(Y[i])
         if ports and self._limiter is not None:
             Y[:] = self._limiter.process(Y)
-            for i, p in enumerate(ports):
-                p.port.write(Y[i])
+            for p, y in zip(ports, self._Y_rows):
+                p.port.write(y)
         # 6 taps and events
         for tap in self._taps:
             tap(t, X, Y)
