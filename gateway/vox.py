@@ -185,12 +185,12 @@ class VoxBank:
         Returns the COR edges decided inside this block, in time order.
         """
         edges: list[VoxEdge] = []
-        n = x.shape[1]
+        rows, n = x.shape
         f = self.frame
         sq = np.square(x, dtype=np.float64)
         if self._acc_n == 0 and n and n % f == 0:
             # the usual case: the block is whole frames and nothing is carried over
-            return self._frames(t0, f, sq.reshape(self.n, n // f, f).sum(axis=2), edges)
+            return self._frames(t0, f, sq.reshape(rows, n // f, f).sum(axis=2), edges)
         # complete the frame carried over from the last block, then all whole frames at once
         head = min(f - self._acc_n, n)
         self._acc += sq[:, :head].sum(axis=1)
@@ -215,12 +215,12 @@ class VoxBank:
         if not self._active:
             return edges                 # no port on VOX: nothing to decide
         frames = sums.shape[1]
-        hits = np.empty((2, self.n, frames), bool)       # loud frames, quiet frames
+        hits = np.empty((2, sums.shape[0], frames), bool)     # loud frames, quiet frames
         np.greater_equal(sums, self._open_sum[:, None], out=hits[0])
         np.less(sums, self._close_sum[:, None], out=hits[1])
         # can any port change state in this block? One of its runs would have to reach its
         # limit inside it. Usually not: then only the runs move on.
-        if not (self._runs + frames >= self._lim).any():
+        if not np.count_nonzero(self._runs + frames >= self._lim):
             self._runs = _runs(hits, self._runs)
             return edges
         f = self.frame
@@ -245,6 +245,5 @@ def _runs(hits: npt.NDArray[np.bool_], before: npt.NDArray[np.int64]) -> npt.NDA
     """Length of the run of True at the end of each row of ``hits`` (frames on the last
     axis), continuing the run ``before`` the block when the whole row is True."""
     k = hits.shape[-1]
-    miss = ~hits
-    trailing = np.argmax(miss[..., ::-1], axis=-1)        # Trues after the last False
-    return np.where(miss.any(axis=-1), trailing, before + k)
+    trailing = np.argmin(hits[..., ::-1], axis=-1)     # Trues after the last False
+    return np.where(hits.all(axis=-1), before + k, trailing)
