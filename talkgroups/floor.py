@@ -121,10 +121,10 @@ class Floor:
         """
         changes: list[FloorChange] = []
         # a TOT lock and a blocked over last until that port's COR drops
-        for p in [p for p in self._tot_locked if not cor.get(p, False)]:
-            self._tot_locked.discard(p)
-        for p in [p for p in self._blocked if not cor.get(p, False)]:
-            self._blocked.discard(p)
+        if self._tot_locked:
+            self._tot_locked -= {p for p in self._tot_locked if not cor.get(p, False)}
+        if self._blocked:
+            self._blocked -= {p for p in self._blocked if not cor.get(p, False)}
         active = [p for p in self.members if cor.get(p, False) and p not in self._tot_locked]
         if self.mode is Mode.FULL_DUPLEX:
             talkers = tuple(active)
@@ -150,8 +150,8 @@ class Floor:
                                            f"time-out timer {tot} samples"))
                 changes.append(FloorChange("floor", None, prev, "tot"))
         free = [p for p in active if p not in self._blocked]
-        contenders = sorted(free, key=lambda p: (-self.priority(p), cor_since.get(p, t),
-                                                 self.members.index(p)))
+        contenders = free if len(free) < 2 else sorted(
+            free, key=lambda p: (-self.priority(p), cor_since.get(p, t), self.members.index(p)))
         if self.holder is None:
             if contenders:
                 winner = contenders[0]
@@ -174,10 +174,11 @@ class Floor:
         # blocked talkers: busy members that are not the holder, reported once per over
         # (with no holder every busy member is already blocked: a free one would have won)
         busy = {p for p in active if p != self.holder}
-        for p in self.members:
-            if p in busy and p not in self._blocked and self.holder is not None:
-                changes.append(FloorChange("blocked", p, self.holder,
-                                           f"floor held by {self.holder}"))
+        if self.holder is not None and not busy <= self._blocked:
+            for p in self.members:
+                if p in busy and p not in self._blocked:
+                    changes.append(FloorChange("blocked", p, self.holder,
+                                               f"floor held by {self.holder}"))
         self._blocked |= busy
         self.talkers = (self.holder,) if self.holder else ()
         return changes
