@@ -303,6 +303,7 @@ class Engine:
             k = min(n, old_h.shape[0])
             H[:k] = old_h[:k]
         self._H: Array = H
+        self._H2: Array = H.reshape(n, 2, self._L)    # the two halves of the ring, a view
         self._rx_gain = np.ones((n, 1), np.float32)
 
     def _rebuild(self) -> None:
@@ -690,13 +691,13 @@ class Engine:
                 X *= self._rx_gain
             for i, agc in self._agcs:
                 X[i] = agc.process(X[i])
+            # into both halves of the history ring at once (a (ports, 2, L) view of it)
             j = t % L
             first = min(B, L - j)
-            self._H[:, j:j + first] = X[:, :first]
-            self._H[:, j + L:j + L + first] = X[:, :first]
+            H2 = self._H2
+            H2[:, :, j:j + first] = X[:, None, :first]
             if first < B:
-                self._H[:, :B - first] = X[:, first:]
-                self._H[:, L:L + B - first] = X[:, first:]
+                H2[:, :, :B - first] = X[:, None, first:]
             for e in vox_edges:
                 self._cor_edge(ports[e.port], e.open, e.t, f"vox {e.level_dbfs:.0f} dBFS")
             for p in self._line_ports:
@@ -856,7 +857,7 @@ class Engine:
                 p.srcs = want
                 p.r = self._start_point(want, t)
                 p.end_t = p.hang_until = None
-            elif set(want) != set(p.srcs):
+            elif want != p.srcs and set(want) != set(p.srcs):
                 new = set(want) - set(p.srcs)
                 if new and len(want) == 1:
                     p.r = self._start_point(want, t)
