@@ -219,9 +219,11 @@ class VoxBank:
         np.greater_equal(sums, self._open_sum[:, None], out=hits[0])
         np.less(sums, self._close_sum[:, None], out=hits[1])
         # can any port change state in this block? One of its runs would have to reach its
-        # limit inside it. Usually not: then only the runs move on.
-        if not np.count_nonzero(self._runs + frames >= self._lim):
-            self._runs = _runs(hits, self._runs)
+        # limit inside it, and no run inside it is longer than the run before it plus the
+        # block's hits. Usually none can: then only the runs move on.
+        count = hits.sum(axis=-1)
+        if not np.count_nonzero(self._runs + count >= self._lim):
+            self._runs = _runs(hits, count, self._runs)
             return edges
         f = self.frame
         levels = frame_level_db(sums, f)
@@ -241,9 +243,11 @@ class VoxBank:
         return edges
 
 
-def _runs(hits: npt.NDArray[np.bool_], before: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+def _runs(hits: npt.NDArray[np.bool_], count: npt.NDArray[np.intp],
+          before: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
     """Length of the run of True at the end of each row of ``hits`` (frames on the last
-    axis), continuing the run ``before`` the block when the whole row is True."""
+    axis; ``count`` Trues per row), continuing the run ``before`` the block when the whole row
+    is True."""
     k = hits.shape[-1]
     trailing = np.argmin(hits[..., ::-1], axis=-1)     # Trues after the last False
-    return np.where(hits.all(axis=-1), before + k, trailing)
+    return np.where(count == k, before + k, trailing)
