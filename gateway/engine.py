@@ -79,6 +79,9 @@ class EngineConfig:
         At most this many silent blocks are skipped per tick.
     manual_key_limit_s:
         Longest manual test transmission, s.
+    clock:
+        Port whose capture paces the real-time engine (a sound card): ``""`` the first sound
+        card, ``"none"`` the monotonic clock (see :meth:`Engine.run_realtime`).
     """
 
     rate_hz: int = 16000
@@ -88,6 +91,7 @@ class EngineConfig:
     catchup_dbfs: float = -50.0
     catchup_max_blocks: int = 4
     manual_key_limit_s: float = 30.0
+    clock: str = ""
 
     @property
     def block(self) -> int:
@@ -165,6 +169,10 @@ TX_FILTER_KEYS = ("preemphasis", "pre_emphasis_us")
 #: filter meeting a line that already carries hum or an offset rings while it settles (a hum
 #: notch takes about 0.3 s to reach 40 dB), and that must not key up the patch.
 RX_SETTLE_MS = 400.0
+#: The card that clocks the engine may deliver this late (after one block period) before the
+#: engine ticks on the monotonic clock instead, s. PulseAudio delivers capture in bursts of
+#: up to about 20 ms, so the grace is longer than that.
+CLOCK_GRACE_S = 0.03
 
 
 def build_filters(filters: Mapping[str, Any], rate_hz: int) -> tuple[Chain | None, Chain | None,
@@ -290,6 +298,11 @@ class Engine:
         self._rx_unity = True                   # every receive gain 1.0 (no mute)
         self._cor_since = _CorSince(self._ports)
         self.late_ticks = 0
+        self.clock_misses = 0
+        self._clock: Any = None        # the port whose capture paces run_realtime
+        #: run_realtime ticks on the monotonic clock (no clock card, or the card is late)
+        self.on_wall_clock = True
+        self._wake = threading.Event()  # set by the clock port's capture callback
 
     # ------------------------------------------------------------------ arrays
     def _alloc(self, n: int) -> None:
@@ -456,6 +469,9 @@ class Engine:
             if p.squelch is not None:
                 p.squelch.open()
         self._rebuild()
+        if self._started and old.port is self._clock:
+            self._clock = None
+            self._select_clock()
         self._emit(f"config.port.{name}", {"action": "replace", "profile": settings.profile},
                    "port replaced")
         return old.port
@@ -479,6 +495,10 @@ class Engine:
         self._alloc(len(self._order))
         self._H[:] = H
         self._rebuild()
+        if p.port is self._clock:
+            self._clock = None
+            if self._started:
+                self._select_clock()
         p.port.stop()
         self._emit(f"config.port.{name}", {"action": "remove"}, "port removed")
         return p.port
@@ -622,6 +642,7 @@ class Engine:
         """Start every port and driver. Idempotent."""
         if self._started:
             return
+        self._select_clock()        # before the ports start: it sets the card's rx set point
         for name in self._order:
             self._start_port(self._ports[name])
         self._started = True
@@ -649,7 +670,14 @@ class Engine:
             self.tick()
 
     def run_realtime(self, stop: threading.Event) -> None:
-        """Tick on the monotonic clock until ``stop`` is set.
+        """Tick in real time until ``stop`` is set.
+
+        When a port can clock the engine (a sound card, :attr:`EngineConfig.clock`), it ticks
+        as soon as that card's capture holds a block, so its audio waits in no ring; the other
+        ports follow through their drift-corrected rings. When the clock card is late by more
+        than :data:`CLOCK_GRACE_S` (lost, reopening, stalled) the engine ticks on the
+        monotonic clock until the card delivers again (``clock_misses`` counts the changes),
+        so the other ports carry on. Without a clock card it ticks on the monotonic clock.
 
         The clock only paces the ticks; all timing inside stays in samples. If the thread falls
         more than 200 ms behind (machine suspended, debugger) it resynchronises and counts
@@ -659,18 +687,81 @@ class Engine:
         self.running = True
         period = self.block / self.rate
         deadline = time.monotonic()
+        last = deadline
+        wake = self._wake
+        self.on_wall_clock = self._clock is None
         try:
             while not stop.is_set():
+                clock = self._clock       # commands between ticks may replace the card
+                if clock is None:
+                    self.on_wall_clock = True
+                else:
+                    if not self.on_wall_clock:
+                        if not self._wait_clock(clock, wake, last + period + CLOCK_GRACE_S,
+                                                stop):
+                            self.on_wall_clock, deadline = True, time.monotonic()
+                            self.clock_misses += 1
+                    elif clock.ready():
+                        self.on_wall_clock = False
+                if self.on_wall_clock:
+                    now = time.monotonic()
+                    delay = deadline - now
+                    if delay > 0:
+                        if clock is not None and self._wait_clock(clock, wake, deadline, stop):
+                            self.on_wall_clock = False
+                        elif clock is None:
+                            stop.wait(delay)
+                    elif delay < -0.2:
+                        self.late_ticks += 1
+                        deadline = now
+                    deadline += period
+                if stop.is_set():
+                    break
                 self.tick()
-                deadline += period
-                delay = deadline - time.monotonic()
-                if delay > 0:
-                    stop.wait(delay)
-                elif delay < -0.2:
-                    self.late_ticks += 1
-                    deadline = time.monotonic()
+                last = time.monotonic()
         finally:
             self.running = False
+
+    @property
+    def clock_name(self) -> str | None:
+        """Name of the port whose capture clocks the real-time engine, or ``None``."""
+        return None if self._clock is None else str(self._clock.name)
+
+    def _select_clock(self) -> None:
+        """Pick the port that clocks the engine: the one named by ``EngineConfig.clock``
+        (``""``: the first port that can, ``"none"``: none). A port can when it has
+        ``attach_clock`` and ``ready`` (a sound card). Called on start and when ports come
+        and go."""
+        want = self.config.clock
+        chosen = None
+        if want != "none":
+            for name in self._order:
+                port = self._ports[name].port
+                if (not want or name == want) and hasattr(port, "attach_clock") and \
+                        hasattr(port, "ready"):
+                    chosen = port
+                    break
+        if chosen is not self._clock:
+            self._clock = chosen
+            if chosen is not None:
+                chosen.attach_clock(self._wake)
+                self._emit("engine.clock", {"port": chosen.name},
+                           f"the engine ticks on {chosen.name}'s capture")
+
+    @staticmethod
+    def _wait_clock(clock: Any, wake: threading.Event, until: float,
+                    stop: threading.Event) -> bool:
+        """Wait until ``clock`` can deliver a block (True) or the monotonic time ``until``
+        passes (False)."""
+        while not clock.ready():
+            wake.clear()
+            if clock.ready():           # a callback came between the check and the clear
+                return True
+            remaining = until - time.monotonic()
+            if remaining <= 0 or stop.is_set():
+                return False
+            wake.wait(remaining)
+        return True
 
     # ------------------------------------------------------------------ the tick
     def tick(self) -> None:
@@ -1001,7 +1092,10 @@ class Engine:
                              "priorities": dict(f.priorities), "holder": f.holder,
                              "talkers": list(f.talkers), "blocked": sorted(f.blocked)}
         return {"t": self.t, "t_s": round(self.t / self.rate, 3), "rate_hz": self.rate,
-                "block": self.block, "ticks": self.ticks, "ports": ports, "patches": patches}
+                "block": self.block, "ticks": self.ticks,
+                "clock": {"port": self.clock_name, "on_wall_clock": self.on_wall_clock,
+                          "misses": self.clock_misses},
+                "ports": ports, "patches": patches}
 
     def port_settings(self, name: str) -> PortSettings:
         return self._get(name).settings

@@ -150,8 +150,11 @@ def parse_site(data: Any, pos: Positions, path: str) -> SiteConfig:
                           "patches, site, description")
     eng = dict(ctx.mapping("engine", data.get("engine") or {}))
     for k, v in eng.items():
+        if k == "clock":
+            continue
         if k not in _ENGINE_KEYS:
-            raise ctx.err(f"engine.{k}", f"unknown key; valid keys: {', '.join(_ENGINE_KEYS)}")
+            raise ctx.err(f"engine.{k}", f"unknown key; valid keys: "
+                          f"{', '.join([*_ENGINE_KEYS, 'clock'])}")
         lo, hi = _ENGINE_KEYS[k]
         ctx.number(f"engine.{k}", v, lo, hi, integer=k in ("rate_hz", "catchup_max_blocks"))
     engine = EngineConfig(**eng)
@@ -164,6 +167,12 @@ def parse_site(data: Any, pos: Positions, path: str) -> SiteConfig:
         raise ctx.err("ports", "a site needs at least one port")
     ports = {str(n): _port(ctx, str(n), ctx.mapping(f"ports.{n}", v), engine.rate_hz)
              for n, v in ports_raw.items()}
+    if "clock" in eng:
+        clock = eng["clock"]
+        cards = [n for n, spec in ports.items() if spec.kind == "soundcard"]
+        if not isinstance(clock, str) or (clock != "none" and clock not in cards):
+            raise ctx.err("engine.clock", f"{clock!r} is not a sound-card port; give one of: "
+                          f"{', '.join([*cards, 'none'])}")
     patches: dict[str, PatchSpec] = {}
     used: dict[str, str] = {}
     for n, v in ctx.mapping("patches", data.get("patches") or {}).items():

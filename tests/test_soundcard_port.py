@@ -196,3 +196,65 @@ def test_lost_device_is_reopened_while_other_port_flows(soundcards: VirtualCards
     finally:
         other.down()
         os.environ["ALSA_CONFIG_PATH"] = saved
+
+
+def test_the_engine_follows_its_clock_card_and_carries_on_without_it(
+        soundcards: VirtualCards) -> None:
+    """The engine ticks on the first card's capture. When that card vanishes (its server
+    stops, as a USB card is unplugged) the engine goes on ticking on the monotonic clock, so
+    the patch between the other two cards passes speech whole; when the card comes back the
+    engine takes its clock again."""
+    import os
+    import tempfile
+    from pathlib import Path
+
+    from brug.gateway.engine import Engine, EngineConfig, PortSettings, SquelchSettings
+    from brug.gateway.soundcards import SoundCards, refresh_portaudio
+
+    cards = soundcards.up("kb", "kc")
+    other = SoundCards(Path(tempfile.mkdtemp(prefix="brug-pa3-")))
+    saved = os.environ["ALSA_CONFIG_PATH"]
+    stop = threading.Event()
+    eng = Engine(EngineConfig())
+    try:
+        a = other.up(["ka"])["ka"]
+        os.environ["ALSA_CONFIG_PATH"] = f"{saved}:{other.asound_path}"
+        refresh_portaudio()
+        vox = SquelchSettings(type="vox", hang_ms=300)
+        for name, c in (("ka", a), ("kb", cards["kb"]), ("kc", cards["kc"])):
+            eng.add_port(SoundCardPort(name, c.input, c.output, rate_hz=FS),
+                         PortSettings(name, squelch=vox))
+        eng.create_patch("P", ["kb", "kc"])
+        th = threading.Thread(target=eng.run_realtime, args=(stop,), daemon=True)
+        th.start()
+        time.sleep(0.5)
+        assert eng.clock_name == "ka" and not eng.on_wall_clock
+        other.down()                                # the clock card vanishes
+        x = _speech(4.0)
+        y = playrec(cards["kb"].air_rx, cards["kc"].air_tx, x)
+        misses, walled = eng.clock_misses, eng.on_wall_clock
+        other.up(["ka"])                            # ... and comes back
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and eng.on_wall_clock:
+            time.sleep(0.1)
+        back = not eng.on_wall_clock
+    finally:
+        stop.set()
+        eng.stop()
+        other.down()
+        os.environ["ALSA_CONFIG_PATH"] = saved
+    # each half second of speech on its own: the VOX ends the over in the speech's longer
+    # pauses, and every new over starts with its pre-roll, so the delay moves between overs
+    corrs, lags = [], []
+    for i in range(0, len(x) - FS // 2, FS // 2):
+        part = x[i:i + FS // 2]
+        if np.sqrt(np.mean(part ** 2)) < 1e-3:
+            continue
+        lag = xcorr_delay(part, y[i:i + FS], FS, max_delay_s=0.4)
+        corrs.append(xcorr_peak(part, y[i:i + FS], lag))
+        lags.append(round(1000 * lag / FS))
+    print(f"\nclock misses {misses}; kb->kc delays {lags} ms, correlations "
+          f"{[round(c, 3) for c in corrs]}; stats {eng.port_object('kc').stats.as_dict()}")
+    assert misses >= 1 and walled, "the engine did not notice its clock card was gone"
+    assert np.median(corrs) > 0.95, "the patch stopped with the clock card"
+    assert back, "the engine did not take the card's clock again when it came back"

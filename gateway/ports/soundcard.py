@@ -49,6 +49,13 @@ TRIM_MARGIN_MS = 5.0
 #: Only a block that follows this many silent blocks is dropped (a pause, not a quiet
 #: syllable).
 TRIM_AFTER_SILENT = 2
+#: Receive set point of the card that clocks the engine, ms: the engine ticks as soon as
+#: this card's capture holds a block, so nothing needs to wait in its ring (see
+#: :meth:`SoundCardPort.attach_clock`).
+CLOCK_RX_SETPOINT_MS = 0.0
+#: A transmit ring that ran dry and is still below half its set point this long after is
+#: refilled to its set point, s (an engine that stalled has caught up by then).
+REPRIME_AFTER_S = 0.03
 
 
 class FloorTracker:
@@ -153,8 +160,31 @@ class SoundCardPort(Port):
         self._primed = False
         self._tx_primed = False
         self._rx_reset = False
+        self._wake: threading.Event | None = None
+        self._tx_dry_at: float | None = None   # when the tx ring ran dry (monotonic s)
         self.engine_rate = 0
         self.block = 0
+
+    @property
+    def clocks_engine(self) -> bool:
+        """Does this card's capture pace the engine (:meth:`attach_clock`)?"""
+        return self._wake is not None
+
+    def attach_clock(self, wake: threading.Event) -> None:
+        """Let this card clock the engine: every capture callback sets ``wake`` and the
+        engine ticks whenever :meth:`ready` says a block can be read.
+
+        The receive ring's set point drops to :data:`CLOCK_RX_SETPOINT_MS` and its drift loop
+        is off (the engine follows this card's crystal exactly); the transmit ring keeps its
+        set point, for the playback stream's own bursts. On a running port the receive side
+        primes again at the new set point (dropping what the ring held beyond it).
+        """
+        self._wake = wake
+        self.rx_setpoint = max(0, int(round(CLOCK_RX_SETPOINT_MS * self.rate_hz / 1000)))
+        if self.engine_rate:
+            self.latency_samples = int(round(
+                self._rs_in.delay_samples + self.rx_setpoint * self.engine_rate / self.rate_hz))
+            self._rx_reset = True
 
     # -- lifecycle ------------------------------------------------------------------------
     def start(self, engine_rate: int, block: int) -> None:
@@ -213,6 +243,8 @@ class SoundCardPort(Port):
             if status:
                 self.cb_flags |= status._flags
             self.rx.write(indata[:, self.channel])
+            if self._wake is not None:
+                self._wake.set()
         except Exception:  # noqa: BLE001 - a raise would silently stop the stream
             self.callback_failures += 1
 
@@ -233,6 +265,16 @@ class SoundCardPort(Port):
                 pass
 
     # -- engine side ----------------------------------------------------------------------
+    def ready(self) -> bool:
+        """Can :meth:`read` deliver a whole block from the device now (engine thread)?
+
+        Before the port is primed (after a start or a reopen) that needs the set point plus
+        one resampler call's worth of capture; afterwards one call's worth, or a full FIFO.
+        """
+        if self._rx_reset or not self._primed:
+            return not self._rx_reset and self.rx.fill >= self.rx_setpoint + self._pull
+        return self._fifo.fill >= self.block or self.rx.fill >= self._pull
+
     def read(self, out: Block) -> None:
         """Fill ``out`` with engine-rate audio (zeros and an underrun count when the device
         has not delivered). Engine thread; never blocks."""
@@ -271,7 +313,8 @@ class SoundCardPort(Port):
             self._fifo.read_into(out)
             self.stats.extra["rx_trimmed"] += n
             floor = self._rx_floor.update(self.rx.fill)
-        self._rs_in.set_correction_ppm(self._dc_in.update(self.rx.fill))
+        if self._wake is None:    # the card that clocks the engine needs no drift correction
+            self._rs_in.set_correction_ppm(self._dc_in.update(self.rx.fill))
         self._sync_stats()
 
     def _silent(self, x: Block) -> bool:
@@ -290,15 +333,25 @@ class SoundCardPort(Port):
         y = self._rs_out.process(block)
         if not self._tx_primed:  # start at the set point; zeros played before do not count
             self._tx_primed = True
+            self._tx_dry_at = None
             self.tx.write_zeros(self.tx_setpoint - self.tx.fill - len(y))
             self.tx.reset_counters()  # (a counter race with the callback only loses a count)
             self._dc_out.reset()
             self._tx_floor.reset()
-        elif self.tx.fill == 0:
-            # ran dry (the engine stalled): the device has been playing zeros; restore the
-            # cushion now rather than glitch on every burst until the drift loop catches up
-            self.tx.write_zeros(self.tx_setpoint - len(y))
-            self.stats.extra["tx_reprimes"] = self.stats.extra.get("tx_reprimes", 0) + 1
+        elif self.tx.fill == 0 and self._tx_dry_at is None:
+            # ran dry: the device has been playing zeros (the engine stalled). An engine that
+            # stalled catches up at once, and what it writes then refills the ring; only if it
+            # did not (it gave up the backlog) is the cushion restored, REPRIME_AFTER_S later,
+            # rather than glitch on every burst until the drift loop catches up. Refilling at
+            # once would add the catch-up on top of the cushion: latency for the rest of
+            # the over.
+            self._tx_dry_at = time.monotonic()
+            self.stats.extra["tx_dry"] = self.stats.extra.get("tx_dry", 0) + 1
+        elif self._tx_dry_at is not None and time.monotonic() - self._tx_dry_at > REPRIME_AFTER_S:
+            self._tx_dry_at = None
+            if self.tx.fill < self.tx_setpoint // 2:
+                self.tx.write_zeros(self.tx_setpoint - self.tx.fill - len(y))
+                self.stats.extra["tx_reprimes"] = self.stats.extra.get("tx_reprimes", 0) + 1
         floor = self._tx_floor.update(self.tx.fill)
         quiet = self._silent(y)
         if self.tx.fill > self.tx_setpoint + self._max_excess:
