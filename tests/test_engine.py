@@ -282,7 +282,9 @@ def test_bench_engine_tick(benchmark: pytest.FixtureRequest, n_ports: int) -> No
         eng.add_port(MemoryPort(name, talk if name == "p0" else None), PortSettings(name))
     eng.create_patch("ALL", names)
     eng.run_offline(40)
-    benchmark(eng.tick)
+    # a fixed number of rounds (20 s of engine time): left to itself the benchmark runs a
+    # fast engine past the end of the talker's 60 s and times an idle patch
+    benchmark.pedantic(eng.tick, rounds=4000, iterations=1)
     assert eng.snapshot()["patches"]["ALL"]["holder"] == "p0"
 
 
