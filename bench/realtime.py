@@ -285,6 +285,7 @@ def replay_realtime(plan: ReplayPlan, out: Path, *, quality: bool = True,
     run = run_figures(rplan, events, total_s, outputs, port_stats)
     run["resources"] = res.figures()
     run["late_ticks"] = eng.late_ticks
+    run["clock"] = {"port": eng.clock_name, "misses": eng.clock_misses}
     run["terminal_status_flags"] = {t.name: t.flags for t in terms}
     for name, st in port_stats.items():
         run["xruns"]["underruns"] += int(st.get("device_underruns", 0) or 0)

@@ -689,7 +689,7 @@ class Engine:
         deadline = time.monotonic()
         last = deadline
         wake = self._wake
-        self.on_wall_clock = self._clock is None
+        self.on_wall_clock = True     # until the clock card delivers its first block
         try:
             while not stop.is_set():
                 clock = self._clock       # commands between ticks may replace the card

@@ -53,9 +53,11 @@ TRIM_AFTER_SILENT = 2
 #: this card's capture holds a block, so nothing needs to wait in its ring (see
 #: :meth:`SoundCardPort.attach_clock`).
 CLOCK_RX_SETPOINT_MS = 0.0
-#: A transmit ring that ran dry and is still below half its set point this long after is
-#: refilled to its set point, s (an engine that stalled has caught up by then).
-REPRIME_AFTER_S = 0.03
+#: A transmit ring that ran dry and is still below half its set point this many engine block
+#: periods later is refilled to its set point. An engine that stalled catches up in
+#: back-to-back ticks (well under a period); an engine that did not stall comes back a
+#: period later and finds the ring still low.
+REPRIME_AFTER_BLOCKS = 0.5
 
 
 class FloorTracker:
@@ -101,10 +103,13 @@ class SoundCardPort(Port):
     blocksize:
         Device frames per callback; default 3.33 ms (160 at 48 kHz).
     latency:
-        Suggested PortAudio latency in seconds (or "low"/"high"); default 0.015 s. Measured on
-        the PulseAudio path (docs/soundcards.md): smaller values garble the audio.
+        Suggested PortAudio latency in seconds (or "low"/"high"); default 0.01 s. Measured on
+        the PulseAudio path (docs/soundcards.md): 0.015 s adds about 10 ms, 0.005 s makes the
+        plugin underrun.
     rx_setpoint_ms, tx_setpoint_ms:
-        Target fill of the receive/transmit rings in ms (the added buffering).
+        Target fill of the receive/transmit rings in ms (the added buffering); the card that
+        clocks the engine needs no receive cushion (:meth:`attach_clock`). A transmit set
+        point of 10 ms ran dry 2-3 times as often as 12 ms on the PulseAudio path.
     max_ppm:
         Largest drift correction, ppm.
     quality:
@@ -123,8 +128,8 @@ class SoundCardPort(Port):
 
     def __init__(self, name: str, input_device: str | int, output_device: str | int,
                  rate_hz: int = 48000, channels: int = 1, channel: int = 0,
-                 blocksize: int | None = None, latency: float | str = 0.015,
-                 rx_setpoint_ms: float = 15.0, tx_setpoint_ms: float = 15.0,
+                 blocksize: int | None = None, latency: float | str = 0.01,
+                 rx_setpoint_ms: float = 15.0, tx_setpoint_ms: float = 12.0,
                  max_ppm: float = 1000.0, quality: str = "sinc_fastest") -> None:
         super().__init__(name)
         if not 0 <= channel < channels:
@@ -204,6 +209,7 @@ class SoundCardPort(Port):
         # device samples pulled from the rx ring per resampler call (one engine block's worth)
         self._pull = int(math.ceil(block * self.rate_hz / engine_rate))
         self._pull_buf = np.zeros(self._pull, np.float32)
+        self._reprime_after_s = REPRIME_AFTER_BLOCKS * block / engine_rate
         self._fifo = Ring(max(1024, 8 * block))   # engine-rate output FIFO (engine thread only)
         self.latency_samples = int(round(
             self._rs_in.delay_samples + self.rx_setpoint * engine_rate / self.rate_hz))
@@ -339,15 +345,16 @@ class SoundCardPort(Port):
             self._dc_out.reset()
             self._tx_floor.reset()
         elif self.tx.fill == 0 and self._tx_dry_at is None:
-            # ran dry: the device has been playing zeros (the engine stalled). An engine that
-            # stalled catches up at once, and what it writes then refills the ring; only if it
-            # did not (it gave up the backlog) is the cushion restored, REPRIME_AFTER_S later,
-            # rather than glitch on every burst until the drift loop catches up. Refilling at
-            # once would add the catch-up on top of the cushion: latency for the rest of
-            # the over.
+            # ran dry: the device has been playing zeros. If the engine stalled it catches up
+            # at once, and what it writes then refills the ring; refilling now too would add
+            # the catch-up on top of the cushion (latency for the rest of the over). If it did
+            # not (the playback stream took a burst larger than the cushion, or the engine gave
+            # up its backlog) the cushion is restored at the next write that is not part of a
+            # catch-up, rather than glitch on every burst until the drift loop catches up.
             self._tx_dry_at = time.monotonic()
             self.stats.extra["tx_dry"] = self.stats.extra.get("tx_dry", 0) + 1
-        elif self._tx_dry_at is not None and time.monotonic() - self._tx_dry_at > REPRIME_AFTER_S:
+        elif self._tx_dry_at is not None and \
+                time.monotonic() - self._tx_dry_at >= self._reprime_after_s:
             self._tx_dry_at = None
             if self.tx.fill < self.tx_setpoint // 2:
                 self.tx.write_zeros(self.tx_setpoint - self.tx.fill - len(y))
