@@ -80,8 +80,8 @@ class EngineConfig:
     manual_key_limit_s:
         Longest manual test transmission, s.
     clock:
-        Port whose capture paces the real-time engine (a sound card): ``""`` the first sound
-        card, ``"none"`` the monotonic clock (see :meth:`Engine.run_realtime`).
+        Port whose capture paces the real-time engine (a sound card), ``"first"`` the first
+        sound card, ``"none"`` (default) the monotonic clock (see :meth:`Engine.run_realtime`).
     """
 
     rate_hz: int = 16000
@@ -91,7 +91,7 @@ class EngineConfig:
     catchup_dbfs: float = -50.0
     catchup_max_blocks: int = 4
     manual_key_limit_s: float = 30.0
-    clock: str = ""
+    clock: str = "none"
 
     @property
     def block(self) -> int:
@@ -410,6 +410,8 @@ class Engine:
         self._alloc(len(self._order))
         self._rebuild()
         if self._started:
+            if self._clock is None:
+                self._select_clock()     # the first sound card of an engine that had none
             self._start_port(p)
         self._emit(f"config.port.{settings.name}", {"action": "add"}, "port added")
 
@@ -729,7 +731,7 @@ class Engine:
 
     def _select_clock(self) -> None:
         """Pick the port that clocks the engine: the one named by ``EngineConfig.clock``
-        (``""``: the first port that can, ``"none"``: none). A port can when it has
+        (``"first"``: the first port that can, ``"none"``: none). A port can when it has
         ``attach_clock`` and ``ready`` (a sound card). Called on start and when ports come
         and go."""
         want = self.config.clock
@@ -737,7 +739,7 @@ class Engine:
         if want != "none":
             for name in self._order:
                 port = self._ports[name].port
-                if (not want or name == want) and hasattr(port, "attach_clock") and \
+                if want in ("first", name) and hasattr(port, "attach_clock") and \
                         hasattr(port, "ready"):
                     chosen = port
                     break

@@ -9,8 +9,9 @@ records with two streams aligned by PortAudio's clock (``helpers.playrec``), for
   others;
 * ``wire``: a bare sounddevice duplex wire ``be1_in -> nl1_out`` (5 ms blocks, 20 ms suggested
   latency), recorded at ``nl1_air_tx``: the baseline DESIGN.md quotes (~33 ms);
-* ``brug``: the gateway (VOX, half duplex, 16 kHz engine, 48 kHz cards), three overs in one
-  recording, so their latencies compare exactly.
+* ``brug``: the gateway (VOX, half duplex, 16 kHz engine, 48 kHz cards, ticking on the
+  talker's card: ``engine.clock``), three overs in one recording, so their latencies compare
+  exactly.
 
 The test signal is a short phrase, a 200 ms pause, then speech, in one over: the pause lets
 the engine absorb its start-of-over pre-roll (it skips silent blocks), so the later speech
@@ -38,7 +39,7 @@ FS = 48000
 DATA = Path(__file__).parent / "data"
 
 SITE = """
-engine: {rate_hz: 16000, block_ms: 5}
+engine: {rate_hz: 16000, block_ms: 5, clock: be1}
 ports:
   be1: {device: brug_be1, network: be_astrid, talkgroup: BE-TAC3, ptt: {type: none, lead_ms: 0}}
   nl1: {device: brug_nl1, network: nl_c2000, talkgroup: NL-OPS2, ptt: {type: none, lead_ms: 0}}

@@ -64,7 +64,7 @@ def test_the_engine_clock_names_a_sound_card_or_none() -> None:
     site = parse_site_text("engine: {clock: nl1}\nports:\n  be1: {device: x}\n"
                            "  nl1: {device: y}\n", "site.yaml")
     assert site.engine.clock == "nl1"
-    assert parse_site_text("ports:\n  be1: {device: x}\n", "s.yaml").engine.clock == ""
+    assert parse_site_text("ports:\n  be1: {device: x}\n", "s.yaml").engine.clock == "none"
 
 
 def test_agc_is_off_unless_a_port_asks() -> None:
@@ -92,7 +92,7 @@ BAD = [
     ("engine: {rate_hz: 96000}\nports:\n  be1: {device: x}\n",
      "site.yaml:1: engine.rate_hz: 96000 is outside"),
     ("engine: {clock: nl1}\nports:\n  be1: {device: x}\n",
-     "site.yaml:1: engine.clock: 'nl1' is not a sound-card port; give one of: be1, none"),
+     "site.yaml:1: engine.clock: 'nl1' is not a sound-card port; give one of: be1, first, none"),
     ("ports:\n  be1: {device: x, squelch: {type: vox, open_dbfs: -50, close_dbfs: -40}}\n",
      "ports.be1.squelch.close_dbfs: must not be above"),
     ("ports:\n  be1: {device: x, colour: red}\n",

@@ -215,7 +215,7 @@ def test_the_engine_follows_its_clock_card_and_carries_on_without_it(
     other = SoundCards(Path(tempfile.mkdtemp(prefix="brug-pa3-")))
     saved = os.environ["ALSA_CONFIG_PATH"]
     stop = threading.Event()
-    eng = Engine(EngineConfig())
+    eng = Engine(EngineConfig(clock="first"))
     try:
         a = other.up(["ka"])["ka"]
         os.environ["ALSA_CONFIG_PATH"] = f"{saved}:{other.asound_path}"

@@ -103,13 +103,14 @@ class SoundCardPort(Port):
     blocksize:
         Device frames per callback; default 3.33 ms (160 at 48 kHz).
     latency:
-        Suggested PortAudio latency in seconds (or "low"/"high"); default 0.01 s. Measured on
-        the PulseAudio path (docs/soundcards.md): 0.015 s adds about 10 ms, 0.005 s makes the
-        plugin underrun.
+        Suggested PortAudio latency in seconds (or "low"/"high"); default 0.015 s. Measured on
+        the PulseAudio path (docs/soundcards.md): 0.01 s takes about 10 ms off the path but,
+        with a 12 ms transmit set point, dropped out in the 20 s wire test on a loaded
+        machine; 0.005 s makes the plugin underrun.
     rx_setpoint_ms, tx_setpoint_ms:
         Target fill of the receive/transmit rings in ms (the added buffering); the card that
-        clocks the engine needs no receive cushion (:meth:`attach_clock`). A transmit set
-        point of 10 ms ran dry 2-3 times as often as 12 ms on the PulseAudio path.
+        clocks the engine needs no receive cushion (:meth:`attach_clock`). With 0.01 s
+        latency a transmit set point of 10 ms ran dry 2-3 times as often as 12 ms.
     max_ppm:
         Largest drift correction, ppm.
     quality:
@@ -128,8 +129,8 @@ class SoundCardPort(Port):
 
     def __init__(self, name: str, input_device: str | int, output_device: str | int,
                  rate_hz: int = 48000, channels: int = 1, channel: int = 0,
-                 blocksize: int | None = None, latency: float | str = 0.01,
-                 rx_setpoint_ms: float = 15.0, tx_setpoint_ms: float = 12.0,
+                 blocksize: int | None = None, latency: float | str = 0.015,
+                 rx_setpoint_ms: float = 15.0, tx_setpoint_ms: float = 15.0,
                  max_ppm: float = 1000.0, quality: str = "sinc_fastest") -> None:
         super().__init__(name)
         if not 0 <= channel < channels:
