@@ -171,11 +171,6 @@ class SoundCardPort(Port):
         self.engine_rate = 0
         self.block = 0
 
-    @property
-    def clocks_engine(self) -> bool:
-        """Does this card's capture pace the engine (:meth:`attach_clock`)?"""
-        return self._wake is not None
-
     def attach_clock(self, wake: threading.Event) -> None:
         """Let this card clock the engine: every capture callback sets ``wake`` and the
         engine ticks whenever :meth:`ready` says a block can be read.
@@ -188,9 +183,13 @@ class SoundCardPort(Port):
         self._wake = wake
         self.rx_setpoint = max(0, int(round(CLOCK_RX_SETPOINT_MS * self.rate_hz / 1000)))
         if self.engine_rate:
-            self.latency_samples = int(round(
-                self._rs_in.delay_samples + self.rx_setpoint * self.engine_rate / self.rate_hz))
+            self._set_latency()
             self._rx_reset = True
+
+    def _set_latency(self) -> None:
+        """Receive-side delay (resampler plus rx set point), engine samples."""
+        self.latency_samples = int(round(
+            self._rs_in.delay_samples + self.rx_setpoint * self.engine_rate / self.rate_hz))
 
     # -- lifecycle ------------------------------------------------------------------------
     def start(self, engine_rate: int, block: int) -> None:
@@ -212,8 +211,7 @@ class SoundCardPort(Port):
         self._pull_buf = np.zeros(self._pull, np.float32)
         self._reprime_after_s = REPRIME_AFTER_BLOCKS * block / engine_rate
         self._fifo = Ring(max(1024, 8 * block))   # engine-rate output FIFO (engine thread only)
-        self.latency_samples = int(round(
-            self._rs_in.delay_samples + self.rx_setpoint * engine_rate / self.rate_hz))
+        self._set_latency()
         # trimming compares the floor of a ring's fill (PulseAudio's bursts only lift the
         # fill above it) with the set point plus this margin, device samples
         self._trim_margin = int(round(TRIM_MARGIN_MS * self.rate_hz / 1000))
