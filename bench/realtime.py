@@ -3,21 +3,25 @@
 For every port the bench creates one virtual card (``brug soundcards``), named after the port
 with dots turned into dashes (``be_astrid-BE-TAC3``). The gateway's engine runs on its real-time
 clock with a :class:`~brug.gateway.ports.soundcard.SoundCardPort` on the card's gateway side;
-the bench plays the terminal side: one duplex PortAudio stream per card plays what the
-terminal receives over the air into ``air_rx`` and records what the gateway makes it transmit
-from ``air_tx``.
+the bench plays the terminal side in a process of its own (as real terminals are outside the
+gateway, and so that its ten streams and WAV writers do not compete with the gateway for one
+interpreter lock): per card one PortAudio stream plays what the terminal receives over the air
+into ``air_rx`` and one records what the gateway makes it transmit from ``air_tx``.
 
-All terminal streams share one time base: scenario second 0 is a monotonic instant ``T0`` a
-moment after the streams run, and each stream places its samples by PortAudio's DAC/ADC
-timestamps of its first callback, so a transmission played on one card and recorded on another
-is compared on the same clock. The latency measured is therefore end to end: PulseAudio in,
-gateway, PulseAudio out.
+All terminal streams share one time base: scenario second 0 is a monotonic instant ``T0``
+(``CLOCK_MONOTONIC`` is the same in both processes) a moment after the streams run, and each
+stream places its samples by PortAudio's DAC/ADC timestamps, so a transmission played on one
+card and recorded on another is compared on the same clock. A stream that loses time (an
+underrun on the terminal's own side) is put back on the clock when its timestamps disagree with
+its sample count by more than :data:`SLIP_S`; ``terminal_slips`` counts that. The latency
+measured is therefore end to end: PulseAudio in, gateway, PulseAudio out.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import multiprocessing as mp
 import queue
 import re
 import threading
@@ -49,6 +53,11 @@ Array = npt.NDArray[np.float32]
 CARD_RATE_HZ = 48000
 START_DELAY_S = 0.8
 TAIL_S = 2.0
+#: A terminal stream whose PortAudio timestamp and sample count disagree by more than this is
+#: put back on the scenario clock (it lost or gained time on the terminal side), s.
+SLIP_S = 0.01
+#: The terminal process must be ready (imports, audio prepared, devices found) within this, s.
+TERMINAL_START_S = 60.0
 
 
 def card_name(port: str) -> str:
@@ -80,7 +89,11 @@ class Terminal:
         self.flags = 0
         self._streams: tuple[Any, ...] = ()
         self._writer: threading.Thread | None = None
-        self.recorded = 0
+        self.recorded = 0                  # input samples queued so far (capture thread)
+        #: ``(recorded_samples, monotonic_adc_time)``: where the recording was put back on the
+        #: scenario clock (the first entry is its start)
+        self.anchors: list[tuple[int, float]] = []
+        self.slips = 0
 
     @staticmethod
     def _mono_time(time_info: Any, attr: str) -> float:
@@ -93,15 +106,27 @@ class Terminal:
     def _in_callback(self, indata: Any, frames: int, time_info: Any, status: Any) -> None:
         if status:
             self.flags |= int(status._flags)
+        adc = self._mono_time(time_info, "inputBufferAdcTime")
         if self.adc0 is None:
-            self.adc0 = self._mono_time(time_info, "inputBufferAdcTime")
+            self.adc0 = adc
+            self.anchors.append((0, adc))
+        else:
+            n0, a0 = self.anchors[-1]
+            if abs(a0 + (self.recorded - n0) / self.rate - adc) > SLIP_S:
+                self.anchors.append((self.recorded, adc))
+                self.slips += 1
+        self.recorded += frames
         self._q.put(indata[:, 0].copy())
 
     def _out_callback(self, outdata: Any, frames: int, time_info: Any, status: Any) -> None:
         if status:
             self.flags |= int(status._flags)
+        dac = self._mono_time(time_info, "outputBufferDacTime")
         if self.dac0 is None:
-            self.dac0 = self._mono_time(time_info, "outputBufferDacTime")
+            self.dac0 = dac
+        elif abs(self.dac0 + self._pos / self.rate - dac) > SLIP_S:
+            self.dac0 = dac - self._pos / self.rate      # lost time: back on the clock
+            self.slips += 1
         out = outdata[:, 0]
         out.fill(0.0)
         # scenario sample index of this buffer's first output sample
@@ -121,7 +146,6 @@ class Terminal:
                 if x is None:
                     break
                 f.write(x)
-                self.recorded += len(x)
 
     def start(self, t0: float) -> None:
         import sounddevice as sd
@@ -154,20 +178,109 @@ class Terminal:
         if self._writer is not None:
             self._writer.join(timeout=10)
 
-    def aligned(self, length: int) -> Array:
-        """The recording placed on the scenario clock (sample 0 = scenario second 0)."""
-        x, _ = sf.read(str(self.wav), dtype="float32")
-        shift = int(round(((self.adc0 or self.t0) - self.t0) * self.rate))
-        out = np.zeros(length, np.float32)
-        if shift >= 0:
-            n = min(length - shift, len(x))
-            if n > 0:
-                out[shift:shift + n] = x[:n]
-        else:
-            n = min(length, len(x) + shift)
-            if n > 0:
-                out[:n] = x[-shift:-shift + n]
+    def result(self) -> dict[str, Any]:
+        """What the parent needs to place the recording: anchors, slips, status flags."""
+        return {"anchors": self.anchors, "slips": self.slips, "flags": self.flags,
+                "t0": self.t0}
+
+
+def aligned(wav: Path, anchors: list[tuple[int, float]], t0: float, rate: int,
+            length: int) -> Array:
+    """A terminal's recording placed on the scenario clock (sample 0 = scenario second 0):
+    each stretch from one anchor ``(recorded_samples, adc_time)`` to the next goes where its
+    ADC time says."""
+    x, _ = sf.read(str(wav), dtype="float32")
+    out = np.zeros(length, np.float32)
+    if not anchors:
         return out
+    ends = [n for n, _ in anchors[1:]] + [len(x)]
+    for (n0, adc), n1 in zip(anchors, ends):
+        dst = int(round((adc - t0) * rate))
+        a, b = max(n0, n0 - dst), min(n1, len(x), n0 + length - dst)
+        if b > a:
+            out[a + dst - n0:b + dst - n0] = x[a:b]
+    return out
+
+
+def _terminal_main(conn: Any, plan: ReplayPlan, cards: dict[str, tuple[str, str]],
+                   raw: Path) -> None:
+    """The terminal process: prepare every card's receive audio, then obey ``conn``:
+    ``("start", t0)``, ``("stop",)``. Replies ``"ready"``, ``"started"`` and the terminals'
+    :meth:`Terminal.result`; ``("error", text)`` if anything fails."""
+    terms: list[Terminal] = []
+    try:
+        segs = port_segments(plan, CARD_RATE_HZ)
+        terms = [Terminal(pp.name, cards[pp.name][0], cards[pp.name][1], segs[pp.name],
+                          CARD_RATE_HZ, raw / f"{pp.name}.wav") for pp in plan.ports]
+        conn.send("ready")
+        cmd = conn.recv()
+        if cmd[0] == "start":
+            for term in terms:
+                term.start(cmd[1])
+            conn.send("started")
+            cmd = conn.recv()
+        for term in terms:
+            term.stop()
+        conn.send({t.name: t.result() for t in terms})
+    except Exception as exc:  # noqa: BLE001 - reported to the parent, which raises
+        for term in terms:
+            try:
+                term.stop()
+            except Exception:  # noqa: BLE001
+                pass
+        conn.send(("error", f"{type(exc).__name__}: {exc}"))
+    finally:
+        conn.close()
+
+
+class TerminalSide:
+    """Every card's terminal side in a child process (spawned: it inherits the environment
+    that reaches the virtual cards, not the parent's threads)."""
+
+    def __init__(self, plan: ReplayPlan, cards: dict[str, tuple[str, str]], raw: Path) -> None:
+        raw.mkdir(parents=True, exist_ok=True)
+        ctx = mp.get_context("spawn")
+        self._conn, child = ctx.Pipe()
+        self._proc = ctx.Process(target=_terminal_main, args=(child, plan, cards, raw),
+                                 name="brug-bench-terminals", daemon=True)
+        self._proc.start()
+        child.close()
+        self._expect("ready", TERMINAL_START_S)
+
+    def _reply(self, timeout: float) -> Any:
+        if not self._conn.poll(timeout):
+            self.kill()
+            raise RuntimeError(f"the bench's terminal process did not answer within "
+                               f"{timeout:.0f} s")
+        try:
+            msg = self._conn.recv()
+        except EOFError:
+            raise RuntimeError("the bench's terminal process died") from None
+        if isinstance(msg, tuple) and msg and msg[0] == "error":
+            raise RuntimeError(f"the bench's terminal process failed: {msg[1]}")
+        return msg
+
+    def _expect(self, what: str, timeout: float) -> None:
+        msg = self._reply(timeout)
+        if msg != what:
+            raise RuntimeError(f"the bench's terminal process said {msg!r}, not {what!r}")
+
+    def start(self, t0: float) -> None:
+        """Start every terminal's streams; ``t0`` is scenario second 0 (monotonic s)."""
+        self._conn.send(("start", t0))
+        self._expect("started", 30.0)
+
+    def stop(self) -> dict[str, dict[str, Any]]:
+        """Stop the streams; per port :meth:`Terminal.result`."""
+        self._conn.send(("stop",))
+        res: dict[str, dict[str, Any]] = self._reply(30.0)
+        self._proc.join(timeout=10)
+        return res
+
+    def kill(self) -> None:
+        if self._proc.is_alive():
+            self._proc.kill()
+        self._proc.join(timeout=5)
 
 
 def replay_realtime(plan: ReplayPlan, out: Path, *, quality: bool = True,
@@ -209,11 +322,10 @@ def replay_realtime(plan: ReplayPlan, out: Path, *, quality: bool = True,
     if len(plan.patch_members) >= 2:
         eng.create_patch(plan.patch_name, plan.patch_members, mode=plan.mode,
                          priorities=dict(plan.priorities))
-    segs = port_segments(plan, CARD_RATE_HZ)
     tmp = out / "tx" / ".raw"
-    terms = [Terminal(pp.name, names[card_name(pp.name)].air_rx,
-                      names[card_name(pp.name)].air_tx, segs[pp.name], CARD_RATE_HZ,
-                      tmp / f"{pp.name}.wav") for pp in plan.ports]
+    terms = TerminalSide(plan, {pp.name: (names[card_name(pp.name)].air_rx,
+                                          names[card_name(pp.name)].air_tx)
+                                for pp in plan.ports}, tmp)
     stop = threading.Event()
     started = threading.Event()
     e0: list[float] = []
@@ -230,24 +342,25 @@ def replay_realtime(plan: ReplayPlan, out: Path, *, quality: bool = True,
     prog = Progress(total_s + TAIL_S, "realtime", progress)
     th.start()
     if not started.wait(15):
+        terms.kill()
         raise RuntimeError("engine did not start within 15 s")
     t0 = time.monotonic() + START_DELAY_S
     # engine time of scenario second 0 (the engine ticks from e0 on its monotonic clock)
     t0_engine = int(round((t0 - e0[0]) * rate))
     for sq in squelches.values():
         sq.t0 = t0_engine
+    results: dict[str, dict[str, Any]] = {}
     try:
-        for term in terms:
-            term.start(t0)
+        terms.start(t0)
         end = t0 + total_s + TAIL_S
         while time.monotonic() < end and th.is_alive():
             time.sleep(0.2)
             sim = max(0.0, time.monotonic() - t0)
             res.maybe(sim)
             prog.update(sim, f"late ticks {eng.late_ticks}")
+        results = terms.stop()
     finally:
-        for term in terms:
-            term.stop()
+        terms.kill()
         stop.set()
         th.join(timeout=10)
         eng.stop()
@@ -257,11 +370,12 @@ def replay_realtime(plan: ReplayPlan, out: Path, *, quality: bool = True,
     port_stats = {n: eng.port_object(n).stats.as_dict() for n in eng.port_names}
     length = int(math.ceil((total_s + TAIL_S) * CARD_RATE_HZ))
     outputs = {}
-    for term in terms:
-        y = term.aligned(length)
-        sf.write(str(out / "tx" / f"{term.name}.wav"), y, CARD_RATE_HZ, subtype="PCM_16")
-        term.wav.unlink(missing_ok=True)
-        outputs[term.name] = (y, CARD_RATE_HZ)
+    for name, r in results.items():
+        wav = tmp / f"{name}.wav"
+        y = aligned(wav, r["anchors"], t0, CARD_RATE_HZ, length)
+        sf.write(str(out / "tx" / f"{name}.wav"), y, CARD_RATE_HZ, subtype="PCM_16")
+        wav.unlink(missing_ok=True)
+        outputs[name] = (y, CARD_RATE_HZ)
     try:
         tmp.rmdir()
     except OSError:
@@ -286,7 +400,8 @@ def replay_realtime(plan: ReplayPlan, out: Path, *, quality: bool = True,
     run["resources"] = res.figures()
     run["late_ticks"] = eng.late_ticks
     run["clock"] = {"port": eng.clock_name, "misses": eng.clock_misses}
-    run["terminal_status_flags"] = {t.name: t.flags for t in terms}
+    run["terminal_status_flags"] = {n: r["flags"] for n, r in results.items()}
+    run["terminal_slips"] = {n: r["slips"] for n, r in results.items()}
     for name, st in port_stats.items():
         run["xruns"]["underruns"] += int(st.get("device_underruns", 0) or 0)
         run["xruns"]["overruns"] += int(st.get("device_overruns", 0) or 0)
