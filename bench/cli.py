@@ -38,6 +38,13 @@ def _plan(args: argparse.Namespace, sc: Scenario) -> Any:
     if args.block_ms:
         plan = dataclasses.replace(plan, engine=dataclasses.replace(plan.engine,
                                                                     block_ms=args.block_ms))
+    if args.clock:
+        names = {p.name for p in plan.ports}
+        if args.clock not in ("first", "none") and args.clock not in names:
+            raise ScenarioError("--clock", 0, "", f"{args.clock!r} is no port of "
+                                f"this run (ports: {', '.join(sorted(names))}; or first, none)")
+        plan = dataclasses.replace(plan, engine=dataclasses.replace(plan.engine,
+                                                                    clock=args.clock))
     return plan
 
 
@@ -57,6 +64,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stretch", type=float, default=1.0,
                    help="scale the idle gaps between overs by this factor")
     p.add_argument("--block-ms", type=float, default=None, help="engine block (ms)")
+    p.add_argument("--clock", default=None, metavar="PORT|first|none",
+                   help="realtime: the sound card whose capture clocks the engine "
+                        "(default: the site file's engine.clock)")
     p.add_argument("--no-quality", action="store_true", help="skip PESQ and STOI")
     p.add_argument("--quiet", action="store_true", help="no progress line")
 

@@ -73,6 +73,14 @@ def test_cli_prints_one_line_for_a_bad_scenario(tmp_path: Path,
     assert "transmissions[2].network" in err[0] and "unknown network 'fr_acropol'" in err[0]
 
 
+def test_cli_names_the_ports_when_the_clock_is_no_port(tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    rc = main(["bench", "replay", "--out", str(tmp_path / "o"), "--quiet", "--clock", "be1"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1
+    assert "--clock" in err[0] and "'be1' is no port" in err[0] and "nl_c2000.NL-OPS2" in err[0]
+
+
 def test_loop_and_stretch_keep_overs_and_overlaps() -> None:
     sc = load_scenario(BUNDLED_SCENARIO)
     lp = sc.looped(3)
