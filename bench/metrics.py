@@ -184,6 +184,10 @@ class _Search:
         self.scratch = scratch if scratch is not None else Scratch()
         self._blocks: npt.NDArray[np.complex128] | None = None
         self._have: set[int] = set()
+        self._silent: set[int] = set()          # blocks of exact zeros (not transformed)
+        self._kept: dict[tuple[int, int], npt.NDArray[np.float64]] = {}   # (p0, n) -> corr
+        self._slot_key: dict[str, tuple[int, int]] = {}
+        self._slot = 0
         self._cs: npt.NDArray[np.float64] | None = None
 
     def _ensure_blocks(self, j0: int, j1: int) -> npt.NDArray[np.complex128]:
@@ -194,10 +198,13 @@ class _Search:
         for j in range(j0, j1 + 1):
             if j not in self._have:
                 part = self.dst[j * hop: j * hop + size]
-                seg = sc.get("seg", size)
-                seg[:len(part)] = part
-                seg[len(part):] = 0.0
-                np.fft.rfft(seg, out=self._blocks[j])
+                if part.any():
+                    seg = sc.get("seg", size)
+                    seg[:len(part)] = part
+                    seg[len(part):] = 0.0
+                    np.fft.rfft(seg, out=self._blocks[j])
+                else:
+                    self._silent.add(j)
                 self._have.add(j)
         return self._blocks
 
@@ -211,9 +218,10 @@ class _Search:
             self._cs = cs
         return self._cs
 
-    def best(self, s: Array, p0: int, p1: int) -> tuple[int, float]:
+    def best(self, s: Array, p0: int, p1: int, keep: bool = False) -> tuple[int, float]:
         """Start position ``p0 + k`` (``p0 <= p0 + k <= p1``) in the destination where ``s``
-        fits best, as ``(k, normalised correlation there)``; (0, 0.0) if nothing fits."""
+        fits best, as ``(k, normalised correlation there)``; (0, 0.0) if nothing fits.
+        ``keep``: remember the correlation for :meth:`best_second_half`."""
         n = len(s)
         p1 = min(p1, len(self.dst) - n)
         if n == 0 or p1 < p0:
@@ -248,12 +256,61 @@ class _Search:
             v[n:] = 0.0
             sv = np.fft.rfft(v, out=sc.get("V", size // 2 + 1, np.complex128))
             np.conj(sv, out=sv)
-            ys = np.multiply(blocks[j0:j1 + 1], sv,
-                             out=sc.get("ys", nb * (size // 2 + 1), np.complex128).reshape(nb, -1))
-            cb = np.fft.irfft(ys, size, axis=-1, out=sc.get("cb", nb * size).reshape(nb, size))
+            live = [j for j in range(j0, j1 + 1) if j not in self._silent]
+            nl = len(live)
             cf = sc.get("c", nb * h)
-            cf.reshape(nb, h)[...] = cb[:, :h]
+            rows = cf.reshape(nb, h)
+            if nl:
+                ys = np.multiply(blocks[j0:j1 + 1] if nl == nb else blocks[live], sv,
+                                 out=sc.get("ys", nl * (size // 2 + 1),
+                                            np.complex128).reshape(nl, -1))
+                cb = np.fft.irfft(ys, size, axis=-1,
+                                  out=sc.get("cb", nl * size).reshape(nl, size))
+            if nl == nb:
+                rows[...] = cb[:, :h]
+            else:
+                # a block of silence correlates to exactly 0 (as its transform would give)
+                rows[...] = 0.0
+                if nl:
+                    rows[[j - j0 for j in live]] = cb[:, :h]
             c = cf[p0 - j0 * h:][:span]
+        if keep:
+            self._keep(p0, n, c)
+        return self._finish(s, c, p0, p1)
+
+    def _keep(self, p0: int, n: int, c: npt.NDArray[np.float64]) -> None:
+        name = f"kept{self._slot % 4}"
+        self._slot += 1
+        old = self._slot_key.pop(name, None)
+        if old is not None:
+            self._kept.pop(old, None)
+        buf = self.scratch.get(name, len(c))
+        buf[:] = c
+        self._kept[(p0, n)] = buf
+        self._slot_key[name] = (p0, n)
+
+    def best_second_half(self, s: Array, p0: int, p1: int, n1: int) -> tuple[int, float] | None:
+        """:meth:`best` for the second half of a piece whose correlation over the same lags
+        was kept, as was its first half's (``n1`` samples): by linearity this half's is the
+        difference, so no transform. None if either was not kept."""
+        n = len(s)
+        p1 = min(p1, len(self.dst) - n)
+        whole = self._kept.get((p0 - n1, n + n1))
+        first = self._kept.get((p0 - n1, n1))
+        span = p1 - p0 + 1
+        if n == 0 or span <= 0 or whole is None or first is None or min(
+                len(whole), len(first)) < span:
+            return None
+        if not self.dst[p0:p1 + n].any():
+            return 0, 0.0
+        c = np.subtract(whole[:span], first[:span], out=self.scratch.get("c2", span))
+        return self._finish(s, c, p0, p1)
+
+    def _finish(self, s: Array, c: npt.NDArray[Any], p0: int, p1: int) -> tuple[int, float]:
+        """The best of ``c`` (correlation of ``s`` at start positions ``p0 .. p1``) once
+        normalised by the energies of ``s`` and of the destination under it."""
+        n, span, end = len(s), p1 - p0 + 1, p1 + len(s)
+        sc = self.scratch
         cs = self._energy()
         es = float(np.dot(s, s))
         # a floor of -70 dBFS on the destination: silence never "matches" a quiet source
@@ -266,7 +323,6 @@ class _Search:
         np.divide(c, r, out=r)
         k = int(np.argmax(r))
         return k, float(r[k])
-
 
     def best_many(self, items: Sequence[tuple[Array, int, int]]) -> list[tuple[int, float]]:
         """:meth:`best` for each ``(s, p0, p1)`` of a batch of short ranges (the narrowed
@@ -397,6 +453,7 @@ def match(src: Array, dst: Array, fs: int, pre: int, *, quality: bool = False,
     prev: tuple[int, int] | None = None               # (lag, end sample) of last good piece
     todo = list(reversed(pcs))
     halves: set[tuple[int, int]] = set()
+    second_of: dict[tuple[int, int], int] = {}         # second half -> its piece's start
     search = _Search(dst, max(b - a for a, b in pcs) * fl, scratch)
     ahead: dict[tuple[int, int, int, int], tuple[int, float]] = {}   # batched searches
     while todo:
@@ -432,7 +489,16 @@ def match(src: Array, dst: Array, fs: int, pre: int, *, quality: bool = False,
                 if r >= max(PIECE_CORR, 16.0 / math.sqrt(len(s))):
                     found = (lo + k, r)
         if found is None:
-            k, r = search.best(s, pre + a * fl + lag_lo, pre + a * fl + lag_hi)
+            p0, p1 = pre + a * fl + lag_lo, pre + a * fl + lag_hi
+            got = None
+            if (a, b) in second_of:
+                got = search.best_second_half(s, p0, p1, (a - second_of[(a, b)]) * fl)
+            if got is None:
+                # a piece that may be split, and a first half, keep their correlation
+                keep = split and (b - a >= 2 * SPLIT_MIN_FRAMES
+                                  or ((a, b) in halves and (a, b) not in second_of))
+                got = search.best(s, p0, p1, keep=keep)
+            k, r = got
             found = (lag_lo + k, r)
         best_corr = max(best_corr, found[1])
         # a short piece correlates with noise by chance: demand more of it (and of halves)
@@ -447,6 +513,7 @@ def match(src: Array, dst: Array, fs: int, pre: int, *, quality: bool = False,
             mid = (a + b) // 2
             todo += [(mid, b), (a, mid)]
             halves.update(((a, mid), (mid, b)))
+            second_of[(mid, b)] = a
     if not good:
         return AudioMatch(fs, False, 0.0, corr=best_corr)
     # The onset before the first matched piece: the delay only shrinks during an over (silent
