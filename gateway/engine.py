@@ -169,21 +169,10 @@ TX_FILTER_KEYS = ("preemphasis", "pre_emphasis_us")
 #: filter meeting a line that already carries hum or an offset rings while it settles (a hum
 #: notch takes about 0.3 s to reach 40 dB), and that must not key up the patch.
 RX_SETTLE_MS = 400.0
-#: The card that clocks the engine may deliver this late (after its tick's reference time)
-#: before the engine ticks without it, on the reference, s. PulseAudio delivers capture in
-#: bursts of up to about 20 ms, so the grace is longer than that.
+#: The card that clocks the engine may deliver this late (after one block period) before the
+#: engine ticks on the monotonic clock instead, s. PulseAudio delivers capture in bursts of
+#: up to about 20 ms, so the grace is longer than that.
 CLOCK_GRACE_S = 0.03
-#: The engine follows its clock card at most this far ahead of the reference, s; a card that
-#: delivers a longer burst (after a stall) waits in its ring, where the port trims silence.
-CLOCK_LEAD_S = 0.025
-#: The reference follows the clock card's rate within this many ppm of the monotonic clock
-#: (sound-card crystals are within about 100 ppm; a card that runs slower or faster, such as
-#: a starved PulseAudio stream, cannot drag the engine away from real time).
-CLOCK_MAX_PPM = 500.0
-#: Time constant of the reference's phase loop, s; a card 100 ppm off leaves 0.5 ms of phase.
-CLOCK_TC_S = 5.0
-#: Averaging time of the clock card's arrival phase, s (PulseAudio's bursts average out).
-CLOCK_PHASE_AVG_S = 1.0
 
 
 def build_filters(filters: Mapping[str, Any], rate_hz: int) -> tuple[Chain | None, Chain | None,
@@ -310,10 +299,6 @@ class Engine:
         self._cor_since = _CorSince(self._ports)
         self.late_ticks = 0
         self.clock_misses = 0
-        #: rate correction of the reference that follows the clock card, ppm
-        self.clock_ppm = 0.0
-        #: the clock card's mean arrival after its tick's reference time, s
-        self.clock_phase_s = 0.0
         self._clock: Any = None        # the port whose capture paces run_realtime
         #: run_realtime ticks on the monotonic clock (no clock card, or the card is late)
         self.on_wall_clock = True
@@ -689,16 +674,12 @@ class Engine:
     def run_realtime(self, stop: threading.Event) -> None:
         """Tick in real time until ``stop`` is set.
 
-        Every tick has a reference time on the monotonic clock, one block period after the
-        last one's. Without a clock card the engine ticks at the reference. With one (a sound
-        card, :attr:`EngineConfig.clock`) it ticks as soon as that card's capture holds a
-        block, so its audio waits in no ring, but only within :data:`CLOCK_LEAD_S` before and
-        :data:`CLOCK_GRACE_S` after the reference: a card that is late (lost, reopening,
-        stalled) is not waited for (``clock_misses`` counts the times the engine let go of
-        it) and a burst after a stall is not chased. The reference follows the card's rate
-        by a phase loop (:data:`CLOCK_TC_S`) bounded to :data:`CLOCK_MAX_PPM`, so engine
-        time stays within that of real time whatever the card does, and the other ports,
-        which follow through their drift-corrected rings, are never dragged along.
+        When a port can clock the engine (a sound card, :attr:`EngineConfig.clock`), it ticks
+        as soon as that card's capture holds a block, so its audio waits in no ring; the other
+        ports follow through their drift-corrected rings. When the clock card is late by more
+        than :data:`CLOCK_GRACE_S` (lost, reopening, stalled) the engine ticks on the
+        monotonic clock until the card delivers again (``clock_misses`` counts the changes),
+        so the other ports carry on. Without a clock card it ticks on the monotonic clock.
 
         The clock only paces the ticks; all timing inside stays in samples. If the thread falls
         more than 200 ms behind (machine suspended, debugger) it resynchronises and counts
@@ -707,43 +688,39 @@ class Engine:
         self.start()
         self.running = True
         period = self.block / self.rate
-        ref = time.monotonic()        # reference time of the next tick
+        deadline = time.monotonic()
+        last = deadline
         wake = self._wake
-        alpha = min(1.0, period / CLOCK_PHASE_AVG_S)
-        max_corr = CLOCK_MAX_PPM * 1e-6
         self.on_wall_clock = True     # until the clock card delivers its first block
         try:
             while not stop.is_set():
                 clock = self._clock       # commands between ticks may replace the card
                 if clock is None:
                     self.on_wall_clock = True
-                    delay = ref - time.monotonic()
-                    if delay > 0:
-                        stop.wait(delay)
                 else:
-                    early = ref - CLOCK_LEAD_S
-                    delay = early - time.monotonic()
-                    if delay > 0 and clock.ready():
-                        stop.wait(delay)  # the card is ahead of the reference: do not chase it
-                    # locked: wait for the card up to the grace; let go: up to the reference
-                    until = ref + (CLOCK_GRACE_S if not self.on_wall_clock else 0.0)
-                    if self._wait_clock(clock, wake, until, stop):
+                    if not self.on_wall_clock:
+                        if not self._wait_clock(clock, wake, last + period + CLOCK_GRACE_S,
+                                                stop):
+                            self.on_wall_clock, deadline = True, time.monotonic()
+                            self.clock_misses += 1
+                    elif clock.ready():
                         self.on_wall_clock = False
-                        phase = max(-CLOCK_LEAD_S, time.monotonic() - ref)
-                        self.clock_phase_s += alpha * (phase - self.clock_phase_s)
-                        corr = max(-max_corr, min(max_corr, self.clock_phase_s / CLOCK_TC_S))
-                        self.clock_ppm = corr * 1e6
-                    elif not self.on_wall_clock:
-                        self.on_wall_clock = True
-                        self.clock_misses += 1
+                if self.on_wall_clock:
+                    now = time.monotonic()
+                    delay = deadline - now
+                    if delay > 0:
+                        if clock is not None and self._wait_clock(clock, wake, deadline, stop):
+                            self.on_wall_clock = False
+                        elif clock is None:
+                            stop.wait(delay)
+                    elif delay < -0.2:
+                        self.late_ticks += 1
+                        deadline = now
+                    deadline += period
                 if stop.is_set():
                     break
-                now = time.monotonic()
-                if now - ref > 0.2:
-                    self.late_ticks += 1
-                    ref = now
-                ref += period * (1.0 + self.clock_ppm * 1e-6)
                 self.tick()
+                last = time.monotonic()
         finally:
             self.running = False
 
@@ -1119,8 +1096,7 @@ class Engine:
         return {"t": self.t, "t_s": round(self.t / self.rate, 3), "rate_hz": self.rate,
                 "block": self.block, "ticks": self.ticks,
                 "clock": {"port": self.clock_name, "on_wall_clock": self.on_wall_clock,
-                          "misses": self.clock_misses, "ppm": round(self.clock_ppm, 1),
-                          "phase_ms": round(self.clock_phase_s * 1000.0, 2)},
+                          "misses": self.clock_misses},
                 "ports": ports, "patches": patches}
 
     def port_settings(self, name: str) -> PortSettings:
