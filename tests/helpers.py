@@ -7,8 +7,14 @@ All signals are mono float32, nominal -1..1; levels in dBFS refer to a full-scal
 
 from __future__ import annotations
 
+import functools
+import os
+import subprocess
+import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -270,3 +276,34 @@ def windowed_corr(ref: npt.ArrayLike, rec: npt.ArrayLike, at: int, fs: int = 480
         d = xcorr_delay(part, win, fs, max_delay_s=2 * slack / fs)
         corrs.append(xcorr_peak(part, win, d))
     return float(np.median(corrs)) if corrs else 0.0
+
+
+#: Set in the child pytest that runs an :func:`isolated` test, to the test's name.
+ISOLATED_ENV = "BRUG_ISOLATED_TEST"
+
+
+def isolated(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Run a drill that pulls a PulseAudio server from under live streams in a child pytest.
+
+    The PulseAudio ALSA plugin can crash the process (abort, segmentation fault) when its
+    server goes away while PortAudio opens or polls a stream. In a child, such a crash fails
+    this one test, which is then rerun, instead of ending the whole session."""
+    import pytest
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if os.environ.get(ISOLATED_ENV) == fn.__name__:
+            return fn(*args, **kwargs)
+        node = f"{fn.__code__.co_filename}::{fn.__name__}"
+        env = {**os.environ, ISOLATED_ENV: fn.__name__}
+        r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider",
+                            "-p", "no:randomly", node], env=env, capture_output=True, text=True,
+                           timeout=600, check=False)
+        print(r.stdout[-3000:])
+        if r.returncode != 0:
+            tail = "\n".join(ln for ln in (r.stdout + r.stderr).splitlines()
+                             if not ln.startswith(("ALSA lib", "Expression")))[-4000:]
+            pytest.fail(f"{fn.__name__} in a child pytest: exit status {r.returncode}\n{tail}")
+        return None
+
+    return wrapper

@@ -15,7 +15,7 @@ from brug.gateway.ports.soundcard import SoundCardPort
 
 import helpers
 from conftest import VirtualCards
-from helpers import dropouts, load_wav, windowed_corr, xcorr_delay, xcorr_peak
+from helpers import dropouts, isolated, load_wav, windowed_corr, xcorr_delay, xcorr_peak
 
 FS = 48000
 ENGINE = 16000
@@ -153,6 +153,7 @@ def test_an_engine_stall_leaves_no_latency_behind(soundcards: VirtualCards) -> N
     assert delays[2] - delays[0] < 25.0, "the stall left latency behind"
 
 
+@isolated
 def test_lost_device_is_reopened_while_other_port_flows(soundcards: VirtualCards) -> None:
     import os
     import tempfile
@@ -198,6 +199,7 @@ def test_lost_device_is_reopened_while_other_port_flows(soundcards: VirtualCards
         os.environ["ALSA_CONFIG_PATH"] = saved
 
 
+@isolated
 def test_the_engine_follows_its_clock_card_and_carries_on_without_it(
         soundcards: VirtualCards) -> None:
     """The engine ticks on the first card's capture. When that card vanishes (its server
