@@ -82,7 +82,6 @@ class Terminal:
         self._x = [s[1] for s in segments]
         self.t0 = 0.0                      # monotonic time of scenario second 0
         self.dac0: float | None = None     # time of the first output sample (monotonic)
-        self.adc0: float | None = None
         self._pos = 0                      # output samples written so far
         self._q: queue.SimpleQueue[Array | None] = queue.SimpleQueue()
         self.wav = wav
@@ -107,8 +106,7 @@ class Terminal:
         if status:
             self.flags |= int(status._flags)
         adc = self._mono_time(time_info, "inputBufferAdcTime")
-        if self.adc0 is None:
-            self.adc0 = adc
+        if not self.anchors:
             self.anchors.append((0, adc))
         else:
             n0, a0 = self.anchors[-1]
@@ -179,9 +177,10 @@ class Terminal:
             self._writer.join(timeout=10)
 
     def result(self) -> dict[str, Any]:
-        """What the parent needs to place the recording: anchors, slips, status flags."""
-        return {"anchors": self.anchors, "slips": self.slips, "flags": self.flags,
-                "t0": self.t0}
+        """What the parent needs to place the recording: its file, anchors, slips, status
+        flags."""
+        return {"wav": self.wav, "anchors": self.anchors, "slips": self.slips,
+                "flags": self.flags}
 
 
 def aligned(wav: Path, anchors: list[tuple[int, float]], t0: float, rate: int,
@@ -371,10 +370,9 @@ def replay_realtime(plan: ReplayPlan, out: Path, *, quality: bool = True,
     length = int(math.ceil((total_s + TAIL_S) * CARD_RATE_HZ))
     outputs = {}
     for name, r in results.items():
-        wav = tmp / f"{name}.wav"
-        y = aligned(wav, r["anchors"], t0, CARD_RATE_HZ, length)
+        y = aligned(r["wav"], r["anchors"], t0, CARD_RATE_HZ, length)
         sf.write(str(out / "tx" / f"{name}.wav"), y, CARD_RATE_HZ, subtype="PCM_16")
-        wav.unlink(missing_ok=True)
+        r["wav"].unlink(missing_ok=True)
         outputs[name] = (y, CARD_RATE_HZ)
     try:
         tmp.rmdir()
