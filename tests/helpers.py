@@ -287,7 +287,8 @@ def isolated(fn: Callable[..., Any]) -> Callable[..., Any]:
 
     The PulseAudio ALSA plugin can crash the process (abort, segmentation fault) when its
     server goes away while PortAudio opens or polls a stream. In a child, such a crash fails
-    this one test, which is then rerun, instead of ending the whole session."""
+    this one test, which is then rerun, instead of ending the whole session. The reruns are
+    the parent's (tests/conftest.py); the child runs the test once."""
     import pytest
 
     @functools.wraps(fn)
@@ -297,8 +298,8 @@ def isolated(fn: Callable[..., Any]) -> Callable[..., Any]:
         node = f"{fn.__code__.co_filename}::{fn.__name__}"
         env = {**os.environ, ISOLATED_ENV: fn.__name__}
         r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider",
-                            "-p", "no:randomly", node], env=env, capture_output=True, text=True,
-                           timeout=600, check=False)
+                            "-p", "no:randomly", "-p", "no:rerunfailures", node], env=env,
+                           capture_output=True, text=True, timeout=600, check=False)
         print(r.stdout[-3000:])
         if r.returncode != 0:
             tail = "\n".join(ln for ln in (r.stdout + r.stderr).splitlines()
