@@ -287,15 +287,20 @@ def replay_realtime(plan: ReplayPlan, out: Path, *, quality: bool = True,
     """Replay ``plan`` in real time through virtual sound cards; write the replay output.
 
     ``cards`` is a :class:`~brug.gateway.soundcards.SoundCards` (or the test fixture's
-    handle with ``up``); by default the cards of ``brug soundcards`` (started if needed).
+    handle with ``up``); by default the cards of ``brug soundcards``. A server this run had
+    to start is stopped at its end (also if the run is killed); one that was already up stays.
     """
     from brug.gateway.ports.soundcard import SoundCardPort
 
+    own_server = None
     if cards is None:
         from brug.gateway.soundcards import SoundCards, refresh_portaudio
 
         sc_cards = SoundCards()
-        sc_cards.start()
+        if not sc_cards.running():
+            sc_cards.start()
+            sc_cards.stop_with_this_process()
+            own_server = sc_cards
         sc_cards.apply_env()
         names = sc_cards.up([card_name(p.name) for p in plan.ports])
         refresh_portaudio()
@@ -364,6 +369,8 @@ def replay_realtime(plan: ReplayPlan, out: Path, *, quality: bool = True,
         th.join(timeout=10)
         eng.stop()
         log.close()
+        if own_server is not None:
+            own_server.down()
     prog.done()
     res.maybe(total_s, force=True)
     port_stats = {n: eng.port_object(n).stats.as_dict() for n in eng.port_names}

@@ -90,6 +90,7 @@ def soundcards(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VirtualCard
     cards = SoundCards(runtime)
     saved = {k: os.environ.get(k) for k in cards.env()}
     cards.start()
+    cards.stop_with_this_process()   # also when this session is killed or crashes
     cards.write_config()
     cards.apply_env()
     refresh_portaudio()

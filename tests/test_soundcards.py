@@ -88,3 +88,35 @@ def test_cli_up_env_down(tmp_path: Path) -> None:
     bad = subprocess.run([*run, "env"], capture_output=True, text=True)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
     assert "brug soundcards up" in bad.stderr
+
+
+def test_server_stops_when_its_owner_is_killed(tmp_path: Path) -> None:
+    """A test session or bench run killed with SIGKILL leaves no server burning CPU."""
+    import os
+    import signal
+    import time
+
+    rt = tmp_path / "rt"
+    owner = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time\n"
+         "from brug.gateway.soundcards import SoundCards\n"
+         f"c = SoundCards({str(rt)!r}); c.start(); c.stop_with_this_process()\n"
+         "print('up', flush=True); time.sleep(60)\n"],
+        stdout=subprocess.PIPE, text=True)
+    cards = SoundCards(rt)
+    try:
+        assert owner.stdout is not None and owner.stdout.readline().strip() == "up"
+        pid = cards._pid()
+        assert pid is not None and cards.running()
+        os.kill(owner.pid, signal.SIGKILL)
+        owner.wait()
+        deadline = time.monotonic() + 15.0
+        while time.monotonic() < deadline and Path(f"/proc/{pid}").exists():
+            time.sleep(0.1)
+        assert not Path(f"/proc/{pid}").exists(), "the server outlived the process that owned it"
+        assert not cards.running()
+    finally:
+        owner.kill()
+        cards.down()
+
