@@ -10,12 +10,16 @@ Thresholds are compared in the linear domain: each dBFS threshold is turned once
 :meth:`VoxBank.configure`) into the smallest sum of squares per frame whose level reaches it, so
 no logarithm is taken per frame; levels in dBFS are computed only for the edges and the meter.
 
-Real-time limits: :meth:`VoxBank.process` runs on the engine thread once per tick. While no
-port can change state (nearly every tick) it costs about a dozen vectorised numpy operations
-on the whole block, whatever the number of ports: about 11 us for a 5 ms block of 5 ports at
-16 kHz, 20 us for 64 (it was 20 and 32 with a logarithm per frame). With no port on VOX (none
-enabled, none still open) only the level meter is kept: about 3 us (64 ports: 9). A block in
-which an edge may fall is decided frame by frame (a few numpy operations per 1 ms frame).
+Only one run per port decides anything: a closed port waits for a run of loud frames, an open
+one for a run of quiet frames (the frame that opens a port is loud, so its quiet run starts at
+0 then, and the other way round), so only that run is counted.
+
+Real-time limits: :meth:`VoxBank.process` runs on the engine thread once per tick, a handful
+of vectorised numpy operations on the whole block whatever the number of ports. A block with
+no frame that continues any port's run (no loud frame on a closed port, no quiet frame on an
+open one: most blocks, in speech and in silence) takes 5 operations; one that continues a
+run but cannot complete it about 10. A block in which an edge may fall is decided frame by
+frame (a few numpy operations per 1 ms frame). docs/engine.md has the figures.
 """
 
 from __future__ import annotations
@@ -81,11 +85,12 @@ class VoxBank:
     frame_ms:
         Decision frame, ms (default 1).
 
-    Per port, two runs are counted in frames: loud frames (level at or above the open
-    threshold) and quiet ones (below the close threshold). A closed port with VOX enabled opens
-    when its loud run reaches the attack, an open port closes when its quiet run reaches the
-    hang (or at once when its VOX was disabled). Ports without VOX are not followed while no
-    port has VOX; a port's attack counts from when its VOX is enabled.
+    Per port, one run is counted in frames: on a closed port the run of loud frames (level at
+    or above the open threshold), on an open one the run of quiet frames (below the close
+    threshold). A closed port with VOX enabled opens when its loud run reaches the attack, an
+    open port closes when its quiet run reaches the hang (or at once when its VOX was
+    disabled). Ports without VOX are not followed; a port's attack counts from when its VOX
+    is enabled.
     """
 
     def __init__(self, rate_hz: int, n: int, frame_ms: float = 1.0) -> None:
@@ -126,7 +131,7 @@ class VoxBank:
         self.attack_frames[i] = max(1, int(round(attack_ms / self.frame_ms)))
         self.hang_frames[i] = max(1, int(round(hang_ms / self.frame_ms)))
         if enabled and not self.enabled[i]:
-            self._runs[:, i] = 0         # its runs were not followed while VOX was off
+            self._run[i] = 0             # its run was not followed while VOX was off
         self.enabled[i] = enabled
         self._update_limits()
 
@@ -134,7 +139,7 @@ class VoxBank:
         """Clear state (all closed, partial frame dropped); keep parameters."""
         n = self.n
         self.is_open = np.zeros(n, bool)
-        self._runs = np.zeros((2, n), np.int64)      # loud run, quiet run (frames)
+        self._run = np.zeros(n, np.int64)   # closed: loud run, open: quiet run (frames)
         self._acc = np.zeros(n)
         self._acc_n = 0
         self._last_sum = np.zeros(n)
@@ -156,7 +161,7 @@ class VoxBank:
         self.hang_frames = fit(self.hang_frames, 300)
         self.enabled = fit(self.enabled, False)
         self.is_open = fit(self.is_open, False)
-        self._runs = fit(self._runs, 0)
+        self._run = fit(self._run, 0)
         self._acc = fit(self._acc, 0.0)
         self._last_sum = fit(self._last_sum, 0.0)
         self._update_limits()
@@ -166,18 +171,27 @@ class VoxBank:
         for name in ("open_db", "close_db", "_open_sum", "_close_sum", "attack_frames",
                      "hang_frames", "enabled", "is_open", "_acc", "_last_sum"):
             setattr(self, name, np.delete(getattr(self, name), i))
-        self._runs = np.delete(self._runs, i, axis=1)
+        self._run = np.delete(self._run, i)
         self._update_limits()
 
     def _update_limits(self) -> None:
-        """Re-derive, after a change of state or settings, the run length at which each
-        port changes state: row 0 the loud run that opens it (closed ports with VOX: the
-        attack), row 1 the quiet run that closes it (open ports: the hang, 0 when VOX was
-        disabled); :data:`_NEVER` where a run cannot change anything."""
-        self._lim = np.stack([
-            np.where(~self.is_open & self.enabled, self.attack_frames, _NEVER),
-            np.where(self.is_open, np.where(self.enabled, self.hang_frames, 0), _NEVER)])
-        self._active = bool((self.enabled | self.is_open).any())
+        """Re-derive, after a change of state or settings, what each port's run counts and
+        the run length at which the port changes state.
+
+        A frame continues the run when ``sum * sign >= threshold``: on a closed port with
+        VOX ``sum >= open``; on an open one ``-sum >= -close`` moved up one floating-point
+        step, which is exactly ``sum < close``; on a closed port without VOX never. The limit
+        is the attack (closed, VOX), the hang (open, VOX), 0 (open with VOX disabled: it
+        closes at the next frame) or :data:`_NEVER`.
+        """
+        is_open, enabled = self.is_open, self.enabled
+        self._lim = np.where(is_open, np.where(enabled, self.hang_frames, 0),
+                             np.where(enabled, self.attack_frames, _NEVER))
+        self._sign = np.where(is_open, -1.0, 1.0)[:, None]
+        self._thr = np.where(is_open, np.nextafter(-self._close_sum, np.inf),
+                             np.where(enabled, self._open_sum, np.inf))[:, None]
+        self._active = bool((enabled | is_open).any())
+        self._due = bool((self._lim <= 0).any())    # a port that changes whatever it hears
 
     def process(self, t0: int, x: npt.NDArray[np.float32]) -> list[VoxEdge]:
         """Feed one block ``x`` (ports x samples) starting at engine sample ``t0``.
@@ -190,7 +204,8 @@ class VoxBank:
         sq = np.square(x, dtype=np.float64)
         if self._acc_n == 0 and n and n % f == 0:
             # the usual case: the block is whole frames and nothing is carried over
-            return self._frames(t0, f, sq.reshape(rows, n // f, f).sum(axis=2), edges)
+            return self._frames(t0, f, np.add.reduce(sq.reshape(rows, n // f, f), axis=2),
+                                edges)
         # complete the frame carried over from the last block, then all whole frames at once
         head = min(f - self._acc_n, n)
         self._acc += sq[:, :head].sum(axis=1)
@@ -215,35 +230,39 @@ class VoxBank:
         if not self._active:
             return edges                 # no port on VOX: nothing to decide
         frames = sums.shape[1]
-        hits = np.empty((2, sums.shape[0], frames), bool)     # loud frames, quiet frames
-        np.greater_equal(sums, self._open_sum[:, None], out=hits[0])
-        np.less(sums, self._close_sum[:, None], out=hits[1])
-        # can any port change state in this block? One of its runs would have to reach its
-        # limit inside it, and no run inside it is longer than the run before it plus the
-        # block's hits. Usually none can: then only the runs move on.
-        count = hits.sum(axis=-1)
-        if not np.count_nonzero(self._runs + count >= self._lim):
-            self._runs = _runs(hits, count, self._runs)
+        hits = np.multiply(sums, self._sign) >= self._thr     # frames that continue a run
+        if not self._due and not hits.any():
+            self._run.fill(0)            # every run broken, none can have completed
+            return edges
+        # can any port change state in this block? Its run would have to reach the limit
+        # inside it, and no run inside it is longer than the run before it plus the block's
+        # hits. Usually none can: then only the runs move on.
+        count = np.add.reduce(hits, axis=-1, dtype=np.int64)
+        if not self._due and not (self._run + count >= self._lim).any():
+            self._run = _runs(hits, count, self._run)
             return edges
         f = self.frame
         levels = frame_level_db(sums, f)
+        run = self._run
         for k in range(frames):
-            self._runs = np.where(hits[:, :, k], self._runs + 1, 0)
-            change = self._runs >= self._lim
+            run = np.where(hits[:, k], run + 1, 0)
+            change = run >= self._lim
             if change.any():
-                opening, closing = change
                 t = t0 + head + k * f
                 level = levels[:, k]
-                for i in np.flatnonzero(opening):
+                for i in np.flatnonzero(change & ~self.is_open):
                     edges.append(VoxEdge(int(i), t, True, float(level[i])))
-                for i in np.flatnonzero(closing):
+                for i in np.flatnonzero(change & self.is_open):
                     edges.append(VoxEdge(int(i), t, False, float(level[i])))
-                self.is_open = (self.is_open | opening) & ~closing
+                self.is_open = self.is_open ^ change
+                run = np.where(change, 0, run)   # a changed port starts its other run
                 self._update_limits()
+                hits = np.multiply(sums, self._sign) >= self._thr
+        self._run = run
         return edges
 
 
-def _runs(hits: npt.NDArray[np.bool_], count: npt.NDArray[np.intp],
+def _runs(hits: npt.NDArray[np.bool_], count: npt.NDArray[np.int64],
           before: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
     """Length of the run of True at the end of each row of ``hits`` (frames on the last
     axis; ``count`` Trues per row), continuing the run ``before`` the block when the whole row

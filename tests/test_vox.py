@@ -95,3 +95,85 @@ def test_attack_counts_from_when_vox_is_enabled() -> None:
     v.configure(0, open_dbfs=-40, close_dbfs=-46, attack_ms=10, hang_ms=300)
     opened = v.process(1600, loud[:, 1600:])
     assert [(e.t, e.open) for e in opened] == [(1600 + 10 * 16, True)]
+
+
+def _reference(x: np.ndarray, settings: list[dict[str, float]], disable_at: dict[int, int],
+               frame: int = 16) -> list[tuple[int, int, bool]]:
+    """The VOX rules frame by frame and port by port, in plain Python: (port, t, open)."""
+    from brug.gateway.vox import _sum_threshold
+
+    out = []
+    for i, s in enumerate(settings):
+        open_sum = _sum_threshold(s["open_dbfs"], frame)
+        close_sum = _sum_threshold(s["close_dbfs"], frame)
+        attack, hang = round(s["attack_ms"]), round(s["hang_ms"])
+        is_open, loud, quiet = False, 0, 0
+        for k in range(x.shape[1] // frame):
+            e = float(np.sum(np.square(x[i, k * frame:(k + 1) * frame], dtype=np.float64)))
+            loud = loud + 1 if e >= open_sum else 0
+            quiet = quiet + 1 if e < close_sum else 0
+            t = (k + 1) * frame
+            enabled = t <= disable_at.get(i, 1 << 40)
+            if is_open and (not enabled or quiet >= hang):
+                is_open, loud = False, 0
+                out.append((i, t, False))
+            elif not is_open and enabled and loud >= attack:
+                is_open, quiet = True, 0
+                out.append((i, t, True))
+    return sorted(out, key=lambda e: (e[1], not e[2], e[0]))
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_bank_of_ports_matches_the_rules_frame_by_frame(seed: int) -> None:
+    """Four ports with their own thresholds and times, speech-like bursts hovering around the
+    thresholds, odd block sizes, and one port's VOX switched off while it is open: every edge
+    (port, sample, direction) is the one the rules give, port by port and frame by frame."""
+    rng = np.random.default_rng(seed)
+    settings = [dict(open_dbfs=-40, close_dbfs=-46, attack_ms=10, hang_ms=300),
+                dict(open_dbfs=-30, close_dbfs=-30, attack_ms=1, hang_ms=20),
+                dict(open_dbfs=-45, close_dbfs=-55, attack_ms=3, hang_ms=50),
+                dict(open_dbfs=-35, close_dbfs=-42, attack_ms=25, hang_ms=5)]
+    n = FS * 6
+    x = np.zeros((4, n), np.float32)
+    for row in x:
+        pos = 0
+        while pos < n:
+            length = int(rng.integers(16, 6000))
+            db = rng.uniform(-60, -20)
+            row[pos:pos + length] = 10 ** (db / 20) * rng.standard_normal(min(length, n - pos))
+            pos += length + int(rng.integers(0, 4000))
+    want = _reference(x, settings, {})
+    # switch port 0's VOX off while it is open: it closes at the next frame
+    opens0 = [t for i, t, o in want if i == 0 and o]
+    assert opens0, "the signal never opens port 0"
+    off_at = (opens0[0] // 160 + 1) * 160      # a block boundary after its first opening
+    want = _reference(x, settings, {0: off_at})
+    v = VoxBank(FS, 4)
+    for i, s in enumerate(settings):
+        v.configure(i, **s)
+    got = []
+    pos = 0
+    sizes = [1, 7, 80, 160, 33, 480]
+    k = 0
+    while pos < n:
+        b = sizes[k % len(sizes)]
+        k += 1
+        if pos < off_at < pos + b:
+            b = off_at - pos
+        if pos == off_at:
+            v.configure(0, **settings[0], enabled=False)
+        got += [(e.port, e.t, e.open) for e in v.process(pos, x[:, pos:pos + b])]
+        pos += b
+    assert len(want) > 40
+    assert got == want
+
+
+def test_hang_counts_from_the_frame_after_the_opening_one() -> None:
+    """A burst exactly as long as the attack, then silence: the quiet run that closes the
+    port starts after the frame that opened it, so it closes one hang after the opening."""
+    v = VoxBank(FS, 1)
+    v.configure(0, open_dbfs=-40, close_dbfs=-46, attack_ms=10, hang_ms=30)
+    x = np.zeros(FS // 2, np.float32)
+    x[:160] = level(-20, 160 / FS)       # 10 frames of 1 ms: exactly the attack
+    got = [(e.t, e.open) for e in v.process(0, x[None, :])]
+    assert got == [(160, True), (160 + 30 * 16, False)]
