@@ -88,6 +88,8 @@ class Limiter:
         self._hist_env = np.zeros((n, la))            # last L envelope values
         self._hist_hold = np.zeros((n, la))           # last L held values
         self._hist_x = np.zeros((n, la), dtype=np.float32)
+        self._spare_x = np.zeros((n, la), dtype=np.float32)   # process_inplace swaps the two
+        self._abs = np.zeros((n, 0), dtype=np.float32)        # process_inplace's |x|
         self._last_gr = np.zeros(n)
         self._idle = True
 
@@ -162,6 +164,27 @@ class Limiter:
         np.clip(y, -ceil32, ceil32, out=y)
         self._idle = self._still_idle()
         return y[0] if one_d else y
+
+    def process_inplace(self, x: NDArray[np.float32]) -> None:
+        """Limit one (channels, samples) float32 block in place: the same output as
+        :meth:`process`. Real-time: on the quiet path (nothing pending, no sample above the
+        ceiling) no allocation, an absolute value, a maximum and three copies; otherwise
+        :meth:`process` and a copy back."""
+        la = self._lookahead
+        m = x.shape[1]
+        if self._idle and m >= la and x.shape[0] == self.channels and x.dtype == np.float32:
+            if self._abs.shape != x.shape:
+                self._abs = np.empty_like(x)
+            peak = float(np.maximum.reduce(np.abs(x, out=self._abs), axis=None)) if m else 0.0
+            if peak <= self._quiet_peak:
+                if la:
+                    spare = self._spare_x
+                    spare[:] = x[:, m - la:]
+                    x[:, la:] = x[:, :m - la]      # overlapping: numpy copies as if apart
+                    x[:, :la] = self._hist_x
+                    self._spare_x, self._hist_x = self._hist_x, spare
+                return
+        x[:] = self.process(x)
 
     def _reduce(self, x: NDArray[np.float32], xd: NDArray[np.float32],
                 rows: slice | NDArray[np.intp]) -> NDArray[np.float32]:

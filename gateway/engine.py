@@ -276,6 +276,7 @@ class Engine:
         self._row: dict[str, int] = {}
         self._play_cache: dict[tuple[tuple[str, ...], int, int],
                                tuple[int, int, int, Array]] = {}
+        self._hold_cache: dict[tuple[str, ...], int] = {}   # see _hold
         self._pending: list[Event] = []
         self._commands: queue.SimpleQueue[tuple[Callable[[Engine], Any], Future[Any]]] = (
             queue.SimpleQueue())
@@ -322,6 +323,7 @@ class Engine:
     def _rebuild(self) -> None:
         """Re-derive per-row arrays after ports were added or removed."""
         self._row = {name: i for i, name in enumerate(self._order)}
+        self._hold_cache.clear()
         n = len(self._order)
         # keep the limiter's look-ahead of every port that stays: rebuilding it on a gain
         # change, a profile switch or another port's arrival would cut samples from their audio
@@ -422,6 +424,7 @@ class Engine:
             p.rx_chain, p.tx_chain, p.tail = build_filters(p.settings.filters, self.rate)
         except ValueError as exc:
             raise EngineError("bad_request", f"port {p.name!r}: filters: {exc}") from None
+        self._hold_cache.clear()
         p.settle_until = self.t + self.config.ms(RX_SETTLE_MS) if p.rx_chain else 0
         self._settling = self._settling or p.rx_chain is not None
         try:
@@ -820,7 +823,7 @@ class Engine:
         for i, chain in self._tx_chains:
             Y[i] = chain.process(Y[i])
         if ports and self._limiter is not None:
-            Y[:] = self._limiter.process(Y)
+            self._limiter.process_inplace(Y)
             for p, y in zip(ports, self._Y_rows):
                 p.port.write(y)
         # 6 taps and events
@@ -1011,8 +1014,14 @@ class Engine:
 
     def _hold(self, srcs: tuple[str, ...]) -> int:
         """Samples a destination stays behind the live edge of ``srcs``: their squelch tail,
-        so the tail is still in the history (not yet played) when their COR closes."""
-        return max((self._ports[s].tail for s in srcs if s in self._ports), default=0)
+        so the tail is still in the history (not yet played) when their COR closes.
+
+        Kept per ``srcs`` until a port's filters change or ports come or go."""
+        hold = self._hold_cache.get(srcs)
+        if hold is None:
+            hold = self._hold_cache[srcs] = max(
+                (self._ports[s].tail for s in srcs if s in self._ports), default=0)
+        return hold
 
     def _play(self, i: int, p: _Port, t: int) -> None:
         """Write destination ``i``'s next block from its source(s) at its read pointer.

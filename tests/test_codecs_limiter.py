@@ -116,3 +116,22 @@ def test_idle_shortcut_is_bit_identical_to_the_full_path() -> None:
         np.testing.assert_array_equal(shortcut.process(x[:, i:i + 80]),
                                       full.process(x[:, i:i + 80]))
     assert 0 < idle_blocks < x.shape[1] // 80
+
+
+@pytest.mark.parametrize("bs", [80, 7, 1])
+def test_in_place_is_bit_identical_to_process(bs: int) -> None:
+    """The engine limits its transmit rows in place; block by block that must give exactly
+    what :meth:`Limiter.process` returns, through quiet stretches, overloads and blocks
+    shorter than the look-ahead."""
+    x = _hot(16000, 3) * 0.02
+    x[:, 4000:4400] *= 100.0
+    x[1, 9000] = 0.97
+    inplace, ref = Limiter(16000, 3), Limiter(16000, 3)
+    quiet = 0
+    for i in range(0, x.shape[1], bs):
+        block = np.ascontiguousarray(x[:, i:i + bs])
+        want = ref.process(block)
+        quiet += inplace._idle
+        inplace.process_inplace(block)
+        np.testing.assert_array_equal(block, want)
+    assert quiet > 0
