@@ -136,8 +136,30 @@ def _compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _latency(args: argparse.Namespace) -> int:
+    from brug.bench.latency import LatencySetup, run_latency
+
+    for name in ("minutes", "every_s"):
+        if getattr(args, name) <= 0:
+            raise ScenarioError(f"--{name.replace('_', '-')}", 0, "",
+                                f"must be > 0, got {getattr(args, name)}")
+    setup = LatencySetup(minutes=args.minutes, every_s=args.every_s, clock=args.clock,
+                         latency_ms=args.latency_ms, rx_ms=args.rx_ms, tx_ms=args.tx_ms,
+                         target_ms=args.target_ms, max_drift_ms=args.max_drift_ms)
+    m = run_latency(setup, args.out, progress=not args.quiet)
+    s = m["summary"]
+    a = s.get("added_ms", {})
+    print(f"latency {s['verdict']['status']}: {s['heard']}/{s['overs']} overs heard, added "
+          f"delay median {a.get('median')} ms (p95 {a.get('p95')}, {a.get('min')}.."
+          f"{a.get('max')}), drift {s.get('drift_ms')} ms, {s['glitches']} glitch windows; "
+          f"report {args.out / 'report.md'}")
+    for f in s["verdict"]["failures"]:
+        print(f"brug bench latency: FAIL: {f}", file=sys.stderr)
+    return 1 if s["verdict"]["failures"] else 0
+
+
 def register(subparsers: Any) -> None:
-    """Add ``brug bench replay|soak|compare``."""
+    """Add ``brug bench replay|soak|latency|compare``."""
     p = subparsers.add_parser("bench", help="soak-test bench: replay recorded traffic, measure, "
                                             "report")
     sub = p.add_subparsers(dest="bench_command", metavar="SUBCOMMAND", required=True)
@@ -159,6 +181,23 @@ def register(subparsers: Any) -> None:
     s.add_argument("--max-drift-ms", type=float, default=5.0,
                    help="fail when a loop's median latency moves more than this")
     s.set_defaults(func=_soak)
+    lt = sub.add_parser("latency", help="the delay the gateway adds through virtual sound "
+                                        "cards, over minutes (docs/soundcards.md)")
+    lt.add_argument("--minutes", type=float, default=10.0, help="how long to run (default 10)")
+    lt.add_argument("--every-s", type=float, default=7.0, help="one over every S seconds")
+    lt.add_argument("--clock", choices=("none", "talk", "hear"), default="none",
+                    help="the engine ticks on the monotonic clock (default) or a card")
+    lt.add_argument("--latency-ms", type=float, default=None,
+                    help="PortAudio latency asked for on both cards (site key buffers)")
+    lt.add_argument("--rx-ms", type=float, default=None, help="receive ring set point, ms")
+    lt.add_argument("--tx-ms", type=float, default=None, help="transmit ring set point, ms")
+    lt.add_argument("--target-ms", type=float, default=35.0,
+                    help="fail when the median added delay is not below this")
+    lt.add_argument("--max-drift-ms", type=float, default=2.0,
+                    help="fail when the delay moves more than this from the first minute")
+    lt.add_argument("--out", type=Path, default=Path("runs/latency"), help="output directory")
+    lt.add_argument("--quiet", action="store_true", help="no progress line")
+    lt.set_defaults(func=_latency)
     c = sub.add_parser("compare", help="what got better or worse between two runs")
     c.add_argument("a", type=Path, help="run directory (or metrics.json) A")
     c.add_argument("b", type=Path, help="run directory (or metrics.json) B")

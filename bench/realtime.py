@@ -201,16 +201,20 @@ def aligned(wav: Path, anchors: list[tuple[int, float]], t0: float, rate: int,
     return out
 
 
-def _terminal_main(conn: Any, plan: ReplayPlan, cards: dict[str, tuple[str, str]],
+Segments = dict[str, list[tuple[int, Array]]]
+
+
+def _terminal_main(conn: Any, source: ReplayPlan | Segments, cards: dict[str, tuple[str, str]],
                    raw: Path) -> None:
-    """The terminal process: prepare every card's receive audio, then obey ``conn``:
-    ``("start", t0)``, ``("stop",)``. Replies ``"ready"``, ``"started"`` and the terminals'
-    :meth:`Terminal.result`; ``("error", text)`` if anything fails."""
+    """The terminal process: prepare every card's receive audio (a plan's, or ``source``'s
+    segments per card at the card rate), then obey ``conn``: ``("start", t0)``, ``("stop",)``.
+    Replies ``"ready"``, ``"started"`` and the terminals' :meth:`Terminal.result`;
+    ``("error", text)`` if anything fails."""
     terms: list[Terminal] = []
     try:
-        segs = port_segments(plan, CARD_RATE_HZ)
-        terms = [Terminal(pp.name, cards[pp.name][0], cards[pp.name][1], segs[pp.name],
-                          CARD_RATE_HZ, raw / f"{pp.name}.wav") for pp in plan.ports]
+        segs = port_segments(source, CARD_RATE_HZ) if isinstance(source, ReplayPlan) else source
+        terms = [Terminal(name, air_rx, air_tx, segs.get(name, []), CARD_RATE_HZ,
+                          raw / f"{name}.wav") for name, (air_rx, air_tx) in cards.items()]
         conn.send("ready")
         cmd = conn.recv()
         if cmd[0] == "start":
@@ -234,13 +238,16 @@ def _terminal_main(conn: Any, plan: ReplayPlan, cards: dict[str, tuple[str, str]
 
 class TerminalSide:
     """Every card's terminal side in a child process (spawned: it inherits the environment
-    that reaches the virtual cards, not the parent's threads)."""
+    that reaches the virtual cards, not the parent's threads). ``cards``: name -> (device to
+    play into, device to record); ``source``: a plan (each port plays its transmissions) or
+    the segments ``(start sample, audio)`` each name plays."""
 
-    def __init__(self, plan: ReplayPlan, cards: dict[str, tuple[str, str]], raw: Path) -> None:
+    def __init__(self, source: ReplayPlan | Segments, cards: dict[str, tuple[str, str]],
+                 raw: Path) -> None:
         raw.mkdir(parents=True, exist_ok=True)
         ctx = mp.get_context("spawn")
         self._conn, child = ctx.Pipe()
-        self._proc = ctx.Process(target=_terminal_main, args=(child, plan, cards, raw),
+        self._proc = ctx.Process(target=_terminal_main, args=(child, source, cards, raw),
                                  name="brug-bench-terminals", daemon=True)
         self._proc.start()
         child.close()

@@ -84,9 +84,10 @@ def build_port(site: SiteConfig, spec: PortSpec) -> BuiltPort:
     if spec.kind == "soundcard":
         from brug.gateway.ports.soundcard import SoundCardPort
 
+        buffers: dict[str, Any] = dict(spec.buffers)    # latency, rx/tx set points
         port = SoundCardPort(spec.name, resolve_device(site, spec, "input"),
                              resolve_device(site, spec, "output"), rate_hz=spec.rate_hz,
-                             channels=spec.channels, channel=spec.channel)
+                             channels=spec.channels, channel=spec.channel, **buffers)
     elif spec.kind == "rtp":
         from brug.gateway.rtp.port import RtpPort
 

@@ -53,7 +53,10 @@ _PTT_KEYS = ("type", "lead_ms", "hang_ms", "tot_s", "guard_ms", "grant_timeout_m
 _PORT_KEYS = ("type", "profile", "device", "rate_hz", "channels", "channel", "network",
               "talkgroup", "squelch", "ptt", "rx_gain_db", "tx_gain_db", "rx_level_dbfs",
               "tx_level_dbfs", "filters", "codec", "pei", "timing", "audio", "description",
-              "gssi", "name", "agc")
+              "gssi", "name", "agc", "buffers")
+#: ``buffers`` of a sound-card port: key -> (lowest, highest, SoundCardPort argument); ms
+_BUFFER_KEYS = {"latency_ms": (2.0, 200.0, "latency"), "rx_ms": (0.0, 200.0, "rx_setpoint_ms"),
+                "tx_ms": (1.0, 200.0, "tx_setpoint_ms")}
 _ENGINE_KEYS = {"rate_hz": (8000, 48000), "block_ms": (1.0, 40.0), "preroll_ms": (0.0, 1000.0),
                 "history_s": (1.0, 60.0), "catchup_dbfs": (-90.0, 0.0),
                 "catchup_max_blocks": (0, 64), "manual_key_limit_s": (1.0, 300.0)}
@@ -76,6 +79,9 @@ class PortSpec:
     pei: Mapping[str, Any] | None = None
     raw: Mapping[str, Any] = field(default_factory=dict)
     line: int = 0
+    #: sound-card buffering, as :class:`~brug.gateway.ports.soundcard.SoundCardPort` keyword
+    #: arguments (``latency`` in s, the set points in ms); empty: its defaults
+    buffers: Mapping[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -204,7 +210,7 @@ def _port(ctx: _Ctx, name: str, raw: Mapping[str, Any], engine_rate: int) -> Por
         prof = load_profile(str(profile_name)) if "/" not in str(profile_name) else \
             load_profile(Path(ctx.path).parent / str(profile_name))
         over = {k: v for k, v in raw.items()
-                if k not in ("type", "rx_gain_db", "tx_gain_db", "agc")
+                if k not in ("type", "rx_gain_db", "tx_gain_db", "agc", "buffers")
                 and not (k == "device" and isinstance(v, Mapping))}
         merged = merge_overrides(prof, over, ctx.path, ctx.pos, key).to_port_dict()
         merged.update({k: raw[k] for k in ("network", "talkgroup", "rx_gain_db", "tx_gain_db",
@@ -225,6 +231,14 @@ def _port(ctx: _Ctx, name: str, raw: Mapping[str, Any], engine_rate: int) -> Por
         raise ctx.err(f"{key}.device", "a sound-card port needs a device (a name such as "
                       "brug_be1, or {input: ..., output: ...}); `brug devices` lists them")
     rate = int(ctx.number(f"{key}.rate_hz", d.get("rate_hz", 48000), 8000, 192000, True))
+    buffers: dict[str, float] = {}
+    for k, v in ctx.mapping(f"{key}.buffers", raw.get("buffers") or {}).items():
+        if k not in _BUFFER_KEYS:
+            raise ctx.err(f"{key}.buffers.{k}", f"unknown key; valid keys: "
+                          f"{', '.join(_BUFFER_KEYS)}")
+        lo, hi, arg = _BUFFER_KEYS[k]
+        ms = float(ctx.number(f"{key}.buffers.{k}", v, lo, hi))
+        buffers[arg] = ms / 1000.0 if arg == "latency" else ms
     channels = int(ctx.number(f"{key}.channels", d.get("channels", 1), 1, 32, True))
     channel = int(ctx.number(f"{key}.channel", d.get("channel", 0), 0, channels - 1, True))
     sq_raw = dict(ctx.mapping(f"{key}.squelch", d.get("squelch") or {"type": "vox"}))
@@ -290,7 +304,8 @@ def _port(ctx: _Ctx, name: str, raw: Mapping[str, Any], engine_rate: int) -> Por
     return PortSpec(name=name, kind=kind, settings=settings, input_device=inp,
                     output_device=out, rate_hz=rate, channels=channels, channel=channel,
                     squelch_params=settings.squelch.params, ptt_params=settings.ptt.params,
-                    pei=d.get("pei"), raw=dict(raw), line=ctx.pos.get(key, 0))
+                    pei=d.get("pei"), raw=dict(raw), line=ctx.pos.get(key, 0),
+                    buffers=buffers)
 
 
 def _patch(ctx: _Ctx, name: str, raw: Mapping[str, Any],

@@ -78,6 +78,23 @@ ports:
     assert site.ports["c"].settings.agc == {"target_dbfs": -20.0, "max_gain_db": 12.0}
 
 
+def test_buffers_reach_the_sound_card_port() -> None:
+    """A site may trade margin for delay per card; what it sets is what the port opens."""
+    from brug.gateway.ports.soundcard import SoundCardPort
+
+    site = parse_site_text("""
+ports:
+  a: {device: x, buffers: {latency_ms: 10, tx_ms: 12}}
+  b: {profile: c2000-mtm5400, device: y, buffers: {rx_ms: 20}}
+  c: {device: z}
+""", "site.yaml")
+    a = SoundCardPort("a", 0, 0, **site.ports["a"].buffers)
+    assert (a.latency, a.tx_setpoint, a.rx_setpoint) == (0.01, 12 * 48, 15 * 48)
+    assert SoundCardPort("b", 0, 0, **site.ports["b"].buffers).rx_setpoint == 20 * 48
+    c = SoundCardPort("c", 0, 0, **site.ports["c"].buffers)
+    assert (c.latency, c.tx_setpoint) == (0.015, 15 * 48)
+
+
 BAD = [
     ("engine: {rate_hz: 16000, block_ms: 5}\nports:\n  be1: {device: x, squelch: {type: vux}}\n",
      "site.yaml:3: ports.be1.squelch.type: 'vux' is not one of:"),
@@ -109,6 +126,10 @@ BAD = [
      "site.yaml:2: ports.be1.filters: unknown filter key 'hum'; valid keys:"),
     ("ports:\n  be1:\n    profile: analog-cm108\n    device: x\n    filters: {deemphasis: 3}\n",
      "site.yaml:5: ports.be1.filters.deemphasis"),
+    ("ports:\n  be1: {device: x, buffers: {latency_ms: 1}}\n",
+     "site.yaml:2: ports.be1.buffers.latency_ms: 1 is outside 2..200"),
+    ("ports:\n  be1: {device: x, buffers: {tx: 5}}\n",
+     "site.yaml:2: ports.be1.buffers.tx: unknown key; valid keys: latency_ms, rx_ms, tx_ms"),
 ]
 
 

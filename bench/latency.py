@@ -1,0 +1,332 @@
+"""``brug bench latency``: the delay the gateway adds through real sound cards, over minutes.
+
+Two virtual cards (``brug soundcards``): the terminal of ``lat-talk`` keys up every
+``every_s`` seconds with a short phrase, a 200 ms pause and a sentence (one over each); the
+gateway (VOX, half duplex, no PTT lead) patches it to ``lat-hear``. A terminal process (the
+realtime bench's, :class:`~brug.bench.realtime.TerminalSide`) plays the overs into
+``lat-talk``'s ``air_rx`` and records two devices on one clock: ``lat-hear``'s ``air_tx`` (what
+the gateway sent) and ``lat-talk``'s gateway input ``brug_lat-talk_in`` (what reached the
+gateway, the rig's own path). The delay of each over is found by cross-correlation on the
+second half of its sentence (by then the engine has absorbed its pre-roll in the pauses), and
+the gateway's share is the first minus the second: the rig's alignment error cancels.
+
+Per over: added delay (ms), the rig's path, and how well the speech came through (the
+correlation of each 250 ms window, each aligned within 10 ms). A window below 0.9 counts as a
+glitch. The run's verdict: the median added delay against ``target_ms``, its drift from the
+first to the last minute, glitches, the ports' xruns and reopens.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import soundfile as sf
+from scipy import signal
+
+from brug.bench.realtime import CARD_RATE_HZ, TerminalSide, aligned
+from brug.bench.replay import Progress, write_json
+
+Array = npt.NDArray[np.float32]
+TALK, HEAR = "lat-talk", "lat-hear"
+#: The phrase (bench/traffic, origin and licence in its README): the first 0.5 s of one clip,
+#: a pause shorter than the VOX hang, then a 4 s sentence measured on its second half.
+HEAD_FILE, BODY_FILE = "alsa_front-left.wav", "arctic_a0007.wav"
+HEAD_S, GAP_S = 0.5, 0.2
+#: Scenario second of the first over (the streams and the gateway settle before it), s.
+FIRST_S = 2.0
+#: Where the delay is searched for, s: the rig's path, and the whole path through the gateway.
+DIRECT_RANGE_S = (-0.05, 0.2)
+PATH_RANGE_S = (0.0, 0.6)
+WINDOW_S, WINDOW_SLACK_S, GLITCH_CORR = 0.25, 0.01, 0.9
+#: An over whose sentence correlates less than this at its best lag was not heard (a glitch
+#: costs a window, not the over: 100 ms lost of the 2 s still correlate well above it).
+HEARD_CORR = 0.5
+TAIL_S = 2.0
+
+
+@dataclass(frozen=True)
+class LatencySetup:
+    """What is measured: the engine's clock and each card's buffering (None: the defaults).
+
+    ``clock`` is ``"talk"`` (the engine ticks on the talker's card), ``"hear"`` or
+    ``"none"`` (the monotonic clock, the site file's default). Buffers in ms.
+    """
+
+    minutes: float = 10.0
+    every_s: float = 7.0
+    clock: str = "none"
+    latency_ms: float | None = None
+    rx_ms: float | None = None
+    tx_ms: float | None = None
+    target_ms: float = 35.0
+    max_drift_ms: float = 2.0
+
+    def site_text(self) -> str:
+        buf = {k: v for k, v in (("latency_ms", self.latency_ms), ("rx_ms", self.rx_ms),
+                                 ("tx_ms", self.tx_ms)) if v is not None}
+        extra = f", buffers: {json.dumps(buf)}" if buf else ""
+        clock = {"talk": "talk", "hear": "hear"}.get(self.clock, "none")
+        return (f"engine: {{rate_hz: 16000, block_ms: 5, clock: {clock}}}\n"
+                "ports:\n"
+                f"  talk: {{device: brug_{TALK}, network: a, talkgroup: A, "
+                f"ptt: {{type: none, lead_ms: 0}}{extra}}}\n"
+                f"  hear: {{device: brug_{HEAR}, network: b, talkgroup: B, "
+                f"ptt: {{type: none, lead_ms: 0}}{extra}}}\n"
+                "patches:\n  LAT: {members: [talk, hear], mode: half_duplex}\n")
+
+
+def phrase(rate: int = CARD_RATE_HZ) -> tuple[Array, slice]:
+    """The over's audio at ``rate`` and the part measured (the sentence's second half)."""
+    from brug.bench.scenario import BUNDLED_SCENARIO
+
+    clean = Path(BUNDLED_SCENARIO).parent / "clean" / "48k"
+    head, fs = sf.read(str(clean / HEAD_FILE), dtype="float32")
+    body, fs2 = sf.read(str(clean / BODY_FILE), dtype="float32")
+    if fs != rate or fs2 != rate:
+        raise ValueError(f"the phrase files are not at {rate} Hz")
+    gap = np.zeros(int(GAP_S * rate), np.float32)
+    x = np.concatenate([head[:int(HEAD_S * rate)], gap, body])
+    start = len(x) - len(body)
+    return x, slice(start + len(body) // 2, len(x))
+
+
+def best_lag(ref: Array, rec: Array, pos: int, lo: int, hi: int) -> tuple[int, float]:
+    """Lag ``lo <= k <= hi`` (samples) at which ``ref`` fits ``rec[pos + k:]`` best, and the
+    normalised correlation there (0 where ``rec`` is silent)."""
+    a, b = max(0, pos + lo), min(len(rec), pos + hi + len(ref))
+    seg = rec[a:b].astype(np.float64)
+    if len(seg) < len(ref):
+        return 0, 0.0
+    c = signal.correlate(seg, ref.astype(np.float64), mode="valid", method="fft")
+    e = np.concatenate([[0.0], np.cumsum(seg * seg)])
+    norm = np.sqrt(np.maximum(e[len(ref):] - e[:-len(ref)], 1e-20) * float(np.dot(ref, ref)))
+    r = c / norm
+    k = int(np.argmax(r))
+    return a + k - pos, float(r[k])
+
+
+def windows(ref: Array, rec: Array, pos: int, rate: int) -> list[float]:
+    """Correlation of each ``WINDOW_S`` window of ``ref`` with ``rec`` placed at ``pos``, each
+    allowed ``WINDOW_SLACK_S`` either way (the engine may still skip a silent block)."""
+    w, slack = int(WINDOW_S * rate), int(WINDOW_SLACK_S * rate)
+    out = []
+    for i in range(0, len(ref) - w + 1, w):
+        part = ref[i:i + w]
+        if float(np.dot(part, part)) < 1e-6 * w:     # a pause inside the sentence
+            continue
+        out.append(best_lag(part, rec, pos + i, -slack, slack)[1])
+    return out
+
+
+def analyse(talk_in: Array, hear_out: Array, starts: list[int], rate: int
+            ) -> list[dict[str, Any]]:
+    """One record per over: its time, the rig's and the whole path's delay, the gateway's
+    share, the windows' correlations and glitches."""
+    x, seg = phrase(rate)
+    ref = x[seg]
+    rows = []
+    for k, s in enumerate(starts):
+        p = s + seg.start
+        d_lag, d_corr = best_lag(ref, talk_in, p, int(DIRECT_RANGE_S[0] * rate),
+                                 int(DIRECT_RANGE_S[1] * rate))
+        h_lag, h_corr = best_lag(ref, hear_out, p, int(PATH_RANGE_S[0] * rate),
+                                 int(PATH_RANGE_S[1] * rate))
+        heard = h_corr > HEARD_CORR
+        win = windows(ref, hear_out, p + h_lag, rate) if heard else []
+        rows.append({
+            "over": k + 1, "t_s": round(s / rate, 3),
+            "direct_ms": round(1000.0 * d_lag / rate, 2), "direct_corr": round(d_corr, 4),
+            "path_ms": round(1000.0 * h_lag / rate, 2) if heard else None,
+            "added_ms": round(1000.0 * (h_lag - d_lag) / rate, 2) if heard else None,
+            "corr": round(h_corr, 4),
+            "window_corr_min": round(min(win), 4) if win else None,
+            "glitches": sum(c < GLITCH_CORR for c in win) if heard else None,
+        })
+    return rows
+
+
+def summarize(rows: list[dict[str, Any]], setup: LatencySetup) -> dict[str, Any]:
+    """The run's figures and verdict."""
+    added = [r["added_ms"] for r in rows if r["added_ms"] is not None]
+    missed = sum(r["added_ms"] is None for r in rows)
+    glitches = sum(r["glitches"] or 0 for r in rows)
+    out: dict[str, Any] = {"overs": len(rows), "heard": len(added), "missed": missed,
+                           "glitches": glitches}
+    if added:
+        a = np.asarray(added)
+        t = np.asarray([r["t_s"] for r in rows if r["added_ms"] is not None])
+        first, last = a[t <= t[0] + 60.0], a[t >= t[-1] - 60.0]
+        out.update(added_ms={"median": round(float(np.median(a)), 2),
+                             "p95": round(float(np.percentile(a, 95)), 2),
+                             "min": round(float(a.min()), 2), "max": round(float(a.max()), 2)},
+                   drift_ms=round(float(np.median(last) - np.median(first)), 2),
+                   direct_ms_median=round(float(np.median(
+                       [r["direct_ms"] for r in rows])), 2))
+    fails = []
+    if missed:
+        fails.append(f"{missed} over(s) not heard")
+    if glitches:
+        fails.append(f"{glitches} glitch window(s) (correlation < {GLITCH_CORR})")
+    if added and out["added_ms"]["median"] >= setup.target_ms:
+        fails.append(f"median added delay {out['added_ms']['median']:.1f} ms, target "
+                     f"< {setup.target_ms:g} ms")
+    if added and abs(out["drift_ms"]) > setup.max_drift_ms:
+        fails.append(f"delay drifted {out['drift_ms']:+.1f} ms from the first to the last "
+                     f"minute (limit {setup.max_drift_ms:g})")
+    out["verdict"] = {"status": "FAIL" if fails else "PASS", "failures": fails}
+    return out
+
+
+def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
+    """Added delay and the worst window's correlation per over, against time."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    t = [r["t_s"] / 60.0 for r in rows]
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(9, 5.5), sharex=True,
+                                   gridspec_kw={"height_ratios": [3, 1.4]})
+    ax1.plot(t, [r["added_ms"] if r["added_ms"] is not None else np.nan for r in rows],
+             ".-", label="added by the gateway")
+    ax1.plot(t, [r["direct_ms"] for r in rows], ".", color="grey",
+             label="rig alone (air_rx -> gateway input)")
+    for r in rows:
+        if r["added_ms"] is None or r["glitches"]:
+            ax1.axvline(r["t_s"] / 60.0, color="red", alpha=0.3)
+    ax1.set_ylabel("delay (ms)")
+    ax1.legend(loc="upper left", fontsize=8)
+    ax1.grid(alpha=0.3)
+    ax1.set_title(title, fontsize=9)
+    ax2.plot(t, [r["window_corr_min"] if r["window_corr_min"] is not None else np.nan
+                 for r in rows], ".", color="tab:green")
+    ax2.axhline(GLITCH_CORR, color="red", lw=0.8)
+    ax2.set_ylabel("worst window corr")
+    ax2.set_xlabel("minutes")
+    ax2.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def run_latency(setup: LatencySetup, out: Path, *, progress: bool = True,
+                cards: Any = None) -> dict[str, Any]:
+    """Run the gateway for ``setup.minutes`` and measure every over; write ``latency.json``,
+    ``latency.png`` and ``report.md`` into ``out``. ``cards``: as for the realtime replay (the
+    test fixture's handle, else the ``brug soundcards`` server, stopped at the end if this run
+    started it)."""
+    from brug.gateway.service import Gateway
+    from brug.gateway.site import parse_site_text
+
+    own = None
+    if cards is None:
+        from brug.gateway.soundcards import SoundCards, refresh_portaudio
+
+        sc = SoundCards()
+        if not sc.running():
+            sc.start()
+            sc.stop_with_this_process()
+            own = sc
+        sc.apply_env()
+        names = sc.up([TALK, HEAR])
+        refresh_portaudio()
+    else:
+        names = cards.up(TALK, HEAR)
+    out.mkdir(parents=True, exist_ok=True)
+    rate = CARD_RATE_HZ
+    x, _ = phrase(rate)
+    total_s = setup.minutes * 60.0
+    starts = [int(round((FIRST_S + k * setup.every_s) * rate))
+              for k in range(max(1, int((total_s - FIRST_S - len(x) / rate) // setup.every_s)
+                                 + 1))]
+    site = parse_site_text(setup.site_text(), "latency-site.yaml")
+    raw = out / ".raw"
+    terms = TerminalSide({TALK: [(s, x) for s in starts]},
+                         {TALK: (names[TALK].air_rx, names[TALK].input),
+                          HEAR: (names[HEAR].air_rx, names[HEAR].air_tx)}, raw)
+    gw = Gateway(site)
+    faults: list[str] = []
+    gw.engine.events.subscribe(lambda evs: faults.extend(
+        f"{e.topic} {e.info}" for e in evs if e.topic.startswith("fault")))
+    prog = Progress(total_s + TAIL_S, "latency", progress)
+    results: dict[str, dict[str, Any]] = {}
+    snap: dict[str, Any] = {}
+    try:
+        gw.start()
+        t0 = time.monotonic() + 0.8
+        terms.start(t0)
+        end = t0 + total_s + TAIL_S
+        while time.monotonic() < end:
+            time.sleep(0.5)
+            el = max(0.0, time.monotonic() - t0)
+            if prog.enabled:
+                st = gw.engine.submit(lambda e: e.snapshot()).result(timeout=5)
+                x_runs = sum(int(p["stats"].get("underruns", 0))
+                             + int(p["stats"].get("device_underruns", 0))
+                             for p in st["ports"].values())
+                prog.update(el, f"faults {len(faults)} underruns {x_runs}")
+        snap = gw.engine.submit(lambda e: e.snapshot()).result(timeout=5)
+        results = terms.stop()
+    finally:
+        terms.kill()
+        gw.stop()
+        if own is not None:
+            own.down()
+    prog.done()
+    length = int(math.ceil((total_s + TAIL_S) * rate))
+    talk_in = aligned(results[TALK]["wav"], results[TALK]["anchors"], t0, rate, length)
+    hear_out = aligned(results[HEAR]["wav"], results[HEAR]["anchors"], t0, rate, length)
+    for r in results.values():
+        Path(r["wav"]).unlink(missing_ok=True)
+    try:
+        raw.rmdir()
+    except OSError:
+        pass
+    sf.write(str(out / "hear.wav"), hear_out, rate, subtype="PCM_16")
+    rows = analyse(talk_in, hear_out, starts, rate)
+    summary = summarize(rows, setup)
+    m = {"schema": "brug-bench-latency/1", "setup": setup.__dict__, "site": setup.site_text(),
+         "summary": summary, "overs": rows, "faults": faults,
+         "port_stats": {n: p["stats"] for n, p in snap.get("ports", {}).items()},
+         "terminal_slips": {n: r["slips"] for n, r in results.items()}}
+    write_json(out / "latency.json", m)
+    title = (f"clock {setup.clock}, latency {setup.latency_ms or 15:g} ms, rx {setup.rx_ms or 15:g}"
+             f" / tx {setup.tx_ms or 15:g} ms: median {summary.get('added_ms', {}).get('median')}"
+             f" ms, drift {summary.get('drift_ms')} ms, glitches {summary['glitches']}")
+    plot(rows, out / "latency.png", title)
+    write_report(m, out / "report.md")
+    return m
+
+
+def write_report(m: dict[str, Any], path: Path) -> None:
+    """report.md: verdict, figures, the plot, the ports' counters."""
+    s, st = m["summary"], m["setup"]
+    a = s.get("added_ms", {})
+    lines = [f"# brug bench latency: {s['verdict']['status']}", ""]
+    lines += [f"- FAIL: {f}" for f in s["verdict"]["failures"]]
+    lines += ["", "| figure | value |", "|---|---|",
+              f"| run | {st['minutes']:g} min, an over every {st['every_s']:g} s, engine clock "
+              f"`{st['clock']}` |",
+              f"| buffers | latency {st['latency_ms'] or 15:g} ms, rx {st['rx_ms'] or 15:g} ms, "
+              f"tx {st['tx_ms'] or 15:g} ms |",
+              f"| overs heard | {s['heard']}/{s['overs']} |",
+              f"| added delay, median (p95, min..max) | {a.get('median')} ms ({a.get('p95')}, "
+              f"{a.get('min')}..{a.get('max')}) |",
+              f"| drift, first -> last minute | {s.get('drift_ms')} ms |",
+              f"| glitch windows | {s['glitches']} |",
+              f"| rig alone, median | {s.get('direct_ms_median')} ms |",
+              f"| faults | {len(m['faults'])} |", "", "![latency](latency.png)", "",
+              "| port | underruns | overruns | device underruns | device overruns | reopens |",
+              "|---|---|---|---|---|---|"]
+    for n, p in m["port_stats"].items():
+        lines.append(f"| {n} | {p.get('underruns', 0)} | {p.get('overruns', 0)} | "
+                     f"{p.get('device_underruns', 0)} | {p.get('device_overruns', 0)} | "
+                     f"{p.get('reopens', 0)} |")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
