@@ -6,9 +6,13 @@ gateway (VOX, half duplex, no PTT lead) patches it to ``lat-hear``. A terminal p
 realtime bench's, :class:`~brug.bench.realtime.TerminalSide`) plays the overs into
 ``lat-talk``'s ``air_rx`` and records two devices on one clock: ``lat-hear``'s ``air_tx`` (what
 the gateway sent) and ``lat-talk``'s gateway input ``brug_lat-talk_in`` (what reached the
-gateway, the rig's own path). The delay of each over is found by cross-correlation on the
-second half of its sentence (by then the engine has absorbed its pre-roll in the pauses), and
-the gateway's share is the first minus the second: the rig's alignment error cancels.
+gateway, the rig's own path). Both recordings are placed by their sample counts from one
+ADC timestamp each, never re-anchored: PulseAudio's timestamps jitter by about 10 ms, and
+re-anchoring on them (as the realtime replay does, to follow a terminal that loses time) moved
+the rig's own path in 10 ms steps in a 10-minute run. Both capture streams count samples of
+one server clock, so their difference stays exact. The delay of each over is found by
+cross-correlation on the second half of its sentence (by then the engine has absorbed its
+pre-roll in the pauses), and the gateway's share is the first minus the second.
 
 Per over: added delay (ms), the rig's path, and how well the speech came through (the
 correlation of each 250 ms window, each aligned within 10 ms). A window below 0.9 counts as a
@@ -49,6 +53,9 @@ WINDOW_S, WINDOW_SLACK_S, GLITCH_CORR = 0.25, 0.01, 0.9
 #: costs a window, not the over: 100 ms lost of the 2 s still correlate well above it).
 HEARD_CORR = 0.5
 TAIL_S = 2.0
+#: The port figures sampled every 0.5 s for the plot: ring fills (device samples) and the
+#: drift loops' corrections (ppm).
+RING_KEYS = ("rx_fill", "tx_fill", "rx_ppm", "tx_ppm")
 
 
 @dataclass(frozen=True)
@@ -184,16 +191,18 @@ def summarize(rows: list[dict[str, Any]], setup: LatencySetup) -> dict[str, Any]
     return out
 
 
-def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
-    """Added delay and the worst window's correlation per over, against time."""
+def plot(rows: list[dict[str, Any]], path: Path, title: str,
+         rings: list[list[float]] | None = None) -> None:
+    """Added delay and the worst window's correlation per over, against time; below, the
+    ports' ring fills (ms) over the run, where the delay goes."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     t = [r["t_s"] / 60.0 for r in rows]
-    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(9, 5.5), sharex=True,
-                                   gridspec_kw={"height_ratios": [3, 1.4]})
+    fig, (ax1, ax2, ax3) = plt.subplots(3, 1, figsize=(9, 7.5), sharex=True,
+                                        gridspec_kw={"height_ratios": [3, 1.2, 2]})
     ax1.plot(t, [r["added_ms"] if r["added_ms"] is not None else np.nan for r in rows],
              ".-", label="added by the gateway")
     ax1.plot(t, [r["direct_ms"] for r in rows], ".", color="grey",
@@ -209,8 +218,19 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
                  for r in rows], ".", color="tab:green")
     ax2.axhline(GLITCH_CORR, color="red", lw=0.8)
     ax2.set_ylabel("worst window corr")
-    ax2.set_xlabel("minutes")
     ax2.grid(alpha=0.3)
+    if rings:
+        fills = np.asarray(rings, dtype=np.float64)
+        tm = fills[:, 0] / 60.0
+        ms = 1000.0 / CARD_RATE_HZ
+        k = len(RING_KEYS)
+        for j, n in enumerate(("talk", "hear")):
+            ax3.plot(tm, fills[:, 1 + j * k] * ms, lw=0.8, label=f"{n} rx ring")
+            ax3.plot(tm, fills[:, 2 + j * k] * ms, lw=0.8, label=f"{n} tx ring")
+        ax3.legend(loc="upper left", fontsize=7, ncol=4)
+    ax3.set_ylabel("ring fill (ms)")
+    ax3.set_xlabel("minutes")
+    ax3.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -250,7 +270,8 @@ def run_latency(setup: LatencySetup, out: Path, *, progress: bool = True,
     raw = out / ".raw"
     terms = TerminalSide({TALK: [(s, x) for s in starts]},
                          {TALK: (names[TALK].air_rx, names[TALK].input),
-                          HEAR: (names[HEAR].air_rx, names[HEAR].air_tx)}, raw)
+                          HEAR: (names[HEAR].air_rx, names[HEAR].air_tx)}, raw,
+                         slip_s=math.inf)
     gw = Gateway(site)
     faults: list[str] = []
     gw.engine.events.subscribe(lambda evs: faults.extend(
@@ -258,6 +279,7 @@ def run_latency(setup: LatencySetup, out: Path, *, progress: bool = True,
     prog = Progress(total_s + TAIL_S, "latency", progress)
     results: dict[str, dict[str, Any]] = {}
     snap: dict[str, Any] = {}
+    rings: list[list[float]] = []      # [t_s, then RING_KEYS of talk, then of hear]
     try:
         gw.start()
         t0 = time.monotonic() + 0.8
@@ -266,12 +288,14 @@ def run_latency(setup: LatencySetup, out: Path, *, progress: bool = True,
         while time.monotonic() < end:
             time.sleep(0.5)
             el = max(0.0, time.monotonic() - t0)
-            if prog.enabled:
-                st = gw.engine.submit(lambda e: e.snapshot()).result(timeout=5)
-                x_runs = sum(int(p["stats"].get("underruns", 0))
-                             + int(p["stats"].get("device_underruns", 0))
-                             for p in st["ports"].values())
-                prog.update(el, f"faults {len(faults)} underruns {x_runs}")
+            st = gw.engine.submit(lambda e: e.snapshot()).result(timeout=5)
+            rings.append([round(el, 2)] + [
+                st["ports"][n]["stats"].get(k, 0) for n in ("talk", "hear")
+                for k in RING_KEYS])
+            x_runs = sum(int(p["stats"].get("underruns", 0))
+                         + int(p["stats"].get("device_underruns", 0))
+                         for p in st["ports"].values())
+            prog.update(el, f"faults {len(faults)} underruns {x_runs}")
         snap = gw.engine.submit(lambda e: e.snapshot()).result(timeout=5)
         results = terms.stop()
     finally:
@@ -295,12 +319,14 @@ def run_latency(setup: LatencySetup, out: Path, *, progress: bool = True,
     m = {"schema": "brug-bench-latency/1", "setup": setup.__dict__, "site": setup.site_text(),
          "summary": summary, "overs": rows, "faults": faults,
          "port_stats": {n: p["stats"] for n, p in snap.get("ports", {}).items()},
+         "rings": {"columns": ["t_s"] + [f"{n}.{k}" for n in ("talk", "hear")
+                                         for k in RING_KEYS], "rows": rings},
          "terminal_slips": {n: r["slips"] for n, r in results.items()}}
     write_json(out / "latency.json", m)
     title = (f"clock {setup.clock}, latency {setup.latency_ms or 15:g} ms, rx {setup.rx_ms or 15:g}"
              f" / tx {setup.tx_ms or 15:g} ms: median {summary.get('added_ms', {}).get('median')}"
              f" ms, drift {summary.get('drift_ms')} ms, glitches {summary['glitches']}")
-    plot(rows, out / "latency.png", title)
+    plot(rows, out / "latency.png", title, rings)
     write_report(m, out / "report.md")
     return m
 

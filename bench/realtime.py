@@ -73,8 +73,11 @@ class Terminal:
     """
 
     def __init__(self, name: str, air_rx: str, air_tx: str, segments: list[tuple[int, Array]],
-                 rate_hz: int, wav: Path) -> None:
+                 rate_hz: int, wav: Path, slip_s: float = SLIP_S) -> None:
         self.name = name
+        #: timestamps and sample count may disagree this much before the stream is put back
+        #: on the clock, s (``inf``: never; the sample count alone places the audio)
+        self.slip_s = slip_s
         self.air_rx, self.air_tx = air_rx, air_tx
         self.rate = rate_hz
         self._off = [s[0] for s in segments]
@@ -110,7 +113,7 @@ class Terminal:
             self.anchors.append((0, adc))
         else:
             n0, a0 = self.anchors[-1]
-            if abs(a0 + (self.recorded - n0) / self.rate - adc) > SLIP_S:
+            if abs(a0 + (self.recorded - n0) / self.rate - adc) > self.slip_s:
                 self.anchors.append((self.recorded, adc))
                 self.slips += 1
         self.recorded += frames
@@ -122,7 +125,7 @@ class Terminal:
         dac = self._mono_time(time_info, "outputBufferDacTime")
         if self.dac0 is None:
             self.dac0 = dac
-        elif abs(self.dac0 + self._pos / self.rate - dac) > SLIP_S:
+        elif abs(self.dac0 + self._pos / self.rate - dac) > self.slip_s:
             self.dac0 = dac - self._pos / self.rate      # lost time: back on the clock
             self.slips += 1
         out = outdata[:, 0]
@@ -205,7 +208,7 @@ Segments = dict[str, list[tuple[int, Array]]]
 
 
 def _terminal_main(conn: Any, source: ReplayPlan | Segments, cards: dict[str, tuple[str, str]],
-                   raw: Path) -> None:
+                   raw: Path, slip_s: float = SLIP_S) -> None:
     """The terminal process: prepare every card's receive audio (a plan's, or ``source``'s
     segments per card at the card rate), then obey ``conn``: ``("start", t0)``, ``("stop",)``.
     Replies ``"ready"``, ``"started"`` and the terminals' :meth:`Terminal.result`;
@@ -214,7 +217,8 @@ def _terminal_main(conn: Any, source: ReplayPlan | Segments, cards: dict[str, tu
     try:
         segs = port_segments(source, CARD_RATE_HZ) if isinstance(source, ReplayPlan) else source
         terms = [Terminal(name, air_rx, air_tx, segs.get(name, []), CARD_RATE_HZ,
-                          raw / f"{name}.wav") for name, (air_rx, air_tx) in cards.items()]
+                          raw / f"{name}.wav", slip_s)
+                 for name, (air_rx, air_tx) in cards.items()]
         conn.send("ready")
         cmd = conn.recv()
         if cmd[0] == "start":
@@ -240,14 +244,15 @@ class TerminalSide:
     """Every card's terminal side in a child process (spawned: it inherits the environment
     that reaches the virtual cards, not the parent's threads). ``cards``: name -> (device to
     play into, device to record); ``source``: a plan (each port plays its transmissions) or
-    the segments ``(start sample, audio)`` each name plays."""
+    the segments ``(start sample, audio)`` each name plays; ``slip_s`` as for
+    :class:`Terminal`."""
 
     def __init__(self, source: ReplayPlan | Segments, cards: dict[str, tuple[str, str]],
-                 raw: Path) -> None:
+                 raw: Path, slip_s: float = SLIP_S) -> None:
         raw.mkdir(parents=True, exist_ok=True)
         ctx = mp.get_context("spawn")
         self._conn, child = ctx.Pipe()
-        self._proc = ctx.Process(target=_terminal_main, args=(child, source, cards, raw),
+        self._proc = ctx.Process(target=_terminal_main, args=(child, source, cards, raw, slip_s),
                                  name="brug-bench-terminals", daemon=True)
         self._proc.start()
         child.close()
