@@ -6,13 +6,14 @@ gateway (VOX, half duplex, no PTT lead) patches it to ``lat-hear``. A terminal p
 realtime bench's, :class:`~brug.bench.realtime.TerminalSide`) plays the overs into
 ``lat-talk``'s ``air_rx`` and records two devices on one clock: ``lat-hear``'s ``air_tx`` (what
 the gateway sent) and ``lat-talk``'s gateway input ``brug_lat-talk_in`` (what reached the
-gateway, the rig's own path). Both recordings are placed by their sample counts from one
-ADC timestamp each, never re-anchored: PulseAudio's timestamps jitter by about 10 ms, and
-re-anchoring on them (as the realtime replay does, to follow a terminal that loses time) moved
-the rig's own path in 10 ms steps in a 10-minute run. Both capture streams count samples of
-one server clock, so their difference stays exact. The delay of each over is found by
-cross-correlation on the second half of its sentence (by then the engine has absorbed its
-pre-roll in the pauses), and the gateway's share is the first minus the second.
+gateway, the rig's own path). Each stream's clock is fitted to all its timestamps over the
+run (:func:`~brug.bench.realtime.clock_fit`): PulseAudio's timestamps jitter by about 10 ms,
+so re-anchoring on single ones (as the realtime replay does, to follow a terminal that loses
+time) moved the rig's own path in 10 ms steps, and the virtual cards' clocks differ by tens of
+ppm, so counting samples from one timestamp made the delay seem to grow by 1.6 ms a minute.
+The delay of each over is found by cross-correlation on the second half of its sentence (by
+then the engine has absorbed its pre-roll in the pauses), and the gateway's share is the
+first minus the second.
 
 Per over: added delay (ms), the rig's path, and how well the speech came through (the
 correlation of each 250 ms window, each aligned within 10 ms). A window below 0.9 counts as a
@@ -34,7 +35,7 @@ import numpy.typing as npt
 import soundfile as sf
 from scipy import signal
 
-from brug.bench.realtime import CARD_RATE_HZ, TerminalSide, aligned
+from brug.bench.realtime import CARD_RATE_HZ, TerminalSide, clock_fit, open_cards
 from brug.bench.replay import Progress, write_json
 
 Array = npt.NDArray[np.float32]
@@ -132,21 +133,28 @@ def windows(ref: Array, rec: Array, pos: int, rate: int) -> list[float]:
     return out
 
 
-def analyse(talk_in: Array, hear_out: Array, starts: list[int], rate: int
+def analyse(talk_in: Array, hear_out: Array, starts: list[int], rate: int,
+            at_talk: list[int] | None = None, at_hear: list[int] | None = None
             ) -> list[dict[str, Any]]:
     """One record per over: its time, the rig's and the whole path's delay, the gateway's
-    share, the windows' correlations and glitches."""
+    share, the windows' correlations and glitches.
+
+    ``starts``: where each over began, in samples of the run; ``at_talk``/``at_hear``: the
+    sample of each recording captured at that moment (default: the same numbers, recordings
+    on the run's clock)."""
     x, seg = phrase(rate)
     ref = x[seg]
     rows = []
+    at_talk = starts if at_talk is None else at_talk
+    at_hear = starts if at_hear is None else at_hear
     for k, s in enumerate(starts):
-        p = s + seg.start
-        d_lag, d_corr = best_lag(ref, talk_in, p, int(DIRECT_RANGE_S[0] * rate),
+        pt, ph = at_talk[k] + seg.start, at_hear[k] + seg.start
+        d_lag, d_corr = best_lag(ref, talk_in, pt, int(DIRECT_RANGE_S[0] * rate),
                                  int(DIRECT_RANGE_S[1] * rate))
-        h_lag, h_corr = best_lag(ref, hear_out, p, int(PATH_RANGE_S[0] * rate),
+        h_lag, h_corr = best_lag(ref, hear_out, ph, int(PATH_RANGE_S[0] * rate),
                                  int(PATH_RANGE_S[1] * rate))
         heard = h_corr > HEARD_CORR
-        win = windows(ref, hear_out, p + h_lag, rate) if heard else []
+        win = windows(ref, hear_out, ph + h_lag, rate) if heard else []
         rows.append({
             "over": k + 1, "t_s": round(s / rate, 3),
             "direct_ms": round(1000.0 * d_lag / rate, 2), "direct_corr": round(d_corr, 4),
@@ -245,20 +253,7 @@ def run_latency(setup: LatencySetup, out: Path, *, progress: bool = True,
     from brug.gateway.service import Gateway
     from brug.gateway.site import parse_site_text
 
-    own = None
-    if cards is None:
-        from brug.gateway.soundcards import SoundCards, refresh_portaudio
-
-        sc = SoundCards()
-        if not sc.running():
-            sc.start()
-            sc.stop_with_this_process()
-            own = sc
-        sc.apply_env()
-        names = sc.up([TALK, HEAR])
-        refresh_portaudio()
-    else:
-        names = cards.up(TALK, HEAR)
+    names, own = open_cards([TALK, HEAR], cards)
     out.mkdir(parents=True, exist_ok=True)
     rate = CARD_RATE_HZ
     x, _ = phrase(rate)
@@ -304,24 +299,40 @@ def run_latency(setup: LatencySetup, out: Path, *, progress: bool = True,
         if own is not None:
             own.down()
     prog.done()
-    length = int(math.ceil((total_s + TAIL_S) * rate))
-    talk_in = aligned(results[TALK]["wav"], results[TALK]["anchors"], t0, rate, length)
-    hear_out = aligned(results[HEAR]["wav"], results[HEAR]["anchors"], t0, rate, length)
+    # each stream's clock from its timestamps over the whole run: when over k left the
+    # player, and which sample of each recording was captured then
+    p0, p_slope = clock_fit(results[TALK]["stamps_out"])
+    # the player's sample count starts at its first buffer, scenario sample `first`
+    first = int(round((results[TALK]["stamps_out"][0][1] - t0) * rate))
+    played = [p0 + (s_ - first) * p_slope for s_ in starts]
+    at: dict[str, list[int]] = {}
+    rec: dict[str, Array] = {}
+    for name in (TALK, HEAR):
+        r0, r_slope = clock_fit(results[name]["stamps_in"])
+        at[name] = [int(round((tp - r0) / r_slope)) for tp in played]
+        rec[name], _ = sf.read(str(results[name]["wav"]), dtype="float32")
+    talk_in, hear_raw = rec[TALK], rec[HEAR]
+    clocks = {"player_ppm": round((p_slope * rate - 1.0) * 1e6, 1),
+              **{f"{n}_recorder_ppm": round((clock_fit(results[n]["stamps_in"])[1] * rate
+                                              - 1.0) * 1e6, 1) for n in (TALK, HEAR)}}
     for r in results.values():
         Path(r["wav"]).unlink(missing_ok=True)
     try:
         raw.rmdir()
     except OSError:
         pass
-    sf.write(str(out / "hear.wav"), hear_out, rate, subtype="PCM_16")
-    rows = analyse(talk_in, hear_out, starts, rate)
+    # what the hearing terminal recorded, as recorded; each over's row says where it starts
+    sf.write(str(out / "hear.wav"), hear_raw, rate, subtype="PCM_16")
+    rows = analyse(talk_in, hear_raw, starts, rate, at[TALK], at[HEAR])
+    for row, a in zip(rows, at[HEAR]):
+        row["hear_wav_sample"] = a
     summary = summarize(rows, setup)
     m = {"schema": "brug-bench-latency/1", "setup": setup.__dict__, "site": setup.site_text(),
          "summary": summary, "overs": rows, "faults": faults,
          "port_stats": {n: p["stats"] for n, p in snap.get("ports", {}).items()},
          "rings": {"columns": ["t_s"] + [f"{n}.{k}" for n in ("talk", "hear")
                                          for k in RING_KEYS], "rows": rings},
-         "terminal_slips": {n: r["slips"] for n, r in results.items()}}
+         "terminal_clocks_ppm": clocks}
     write_json(out / "latency.json", m)
     title = (f"clock {setup.clock}, latency {setup.latency_ms or 15:g} ms, rx {setup.rx_ms or 15:g}"
              f" / tx {setup.tx_ms or 15:g} ms: median {summary.get('added_ms', {}).get('median')}"

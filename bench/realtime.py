@@ -56,6 +56,8 @@ TAIL_S = 2.0
 #: A terminal stream whose PortAudio timestamp and sample count disagree by more than this is
 #: put back on the scenario clock (it lost or gained time on the terminal side), s.
 SLIP_S = 0.01
+#: Every this many callbacks a terminal stream notes its sample count and timestamp.
+STAMP_EVERY = 5
 #: The terminal process must be ready (imports, audio prepared, devices found) within this, s.
 TERMINAL_START_S = 60.0
 
@@ -96,6 +98,11 @@ class Terminal:
         #: scenario clock (the first entry is its start)
         self.anchors: list[tuple[int, float]] = []
         self.slips = 0
+        #: every ``STAMP_EVERY``-th callback's ``(samples so far, monotonic time)`` of the
+        #: capture and the playback stream: the two streams' clocks, fitted by :func:`clock_fit`
+        self.stamps_in: list[tuple[int, float]] = []
+        self.stamps_out: list[tuple[int, float]] = []
+        self._calls_in = self._calls_out = 0
 
     @staticmethod
     def _mono_time(time_info: Any, attr: str) -> float:
@@ -116,6 +123,9 @@ class Terminal:
             if abs(a0 + (self.recorded - n0) / self.rate - adc) > self.slip_s:
                 self.anchors.append((self.recorded, adc))
                 self.slips += 1
+        if self._calls_in % STAMP_EVERY == 0:
+            self.stamps_in.append((self.recorded, adc))
+        self._calls_in += 1
         self.recorded += frames
         self._q.put(indata[:, 0].copy())
 
@@ -128,6 +138,9 @@ class Terminal:
         elif abs(self.dac0 + self._pos / self.rate - dac) > self.slip_s:
             self.dac0 = dac - self._pos / self.rate      # lost time: back on the clock
             self.slips += 1
+        if self._calls_out % STAMP_EVERY == 0:
+            self.stamps_out.append((self._pos, dac))
+        self._calls_out += 1
         out = outdata[:, 0]
         out.fill(0.0)
         # scenario sample index of this buffer's first output sample
@@ -183,7 +196,21 @@ class Terminal:
         """What the parent needs to place the recording: its file, anchors, slips, status
         flags."""
         return {"wav": self.wav, "anchors": self.anchors, "slips": self.slips,
-                "flags": self.flags}
+                "flags": self.flags, "stamps_in": self.stamps_in,
+                "stamps_out": self.stamps_out}
+
+
+def clock_fit(stamps: list[tuple[int, float]]) -> tuple[float, float]:
+    """``(t0, seconds per sample)`` of a stream from its ``(samples, monotonic time)`` stamps,
+    by least squares: each stamp jitters by a few ms (PulseAudio delivers in bursts), the fit
+    over minutes does not, and its slope is the card's real rate (virtual cards differ by tens
+    of ppm). Sample ``n`` was played or captured at ``t0 + n * slope``."""
+    n = np.asarray([s[0] for s in stamps], np.float64)
+    t = np.asarray([s[1] for s in stamps], np.float64)
+    if len(n) < 2 or np.ptp(n) == 0:
+        return (float(t[0]) if len(t) else 0.0), 1.0 / CARD_RATE_HZ
+    slope, icpt = np.polyfit(n - n[0], t - t[0], 1)
+    return float(t[0] + icpt - slope * n[0]), float(slope)
 
 
 def aligned(wav: Path, anchors: list[tuple[int, float]], t0: float, rate: int,
@@ -294,6 +321,27 @@ class TerminalSide:
         self._proc.join(timeout=5)
 
 
+def open_cards(names: list[str], cards: Any = None) -> tuple[dict[str, Any], Any]:
+    """The virtual cards ``names`` (name -> :class:`~brug.gateway.soundcards.CardNames`) on
+    ``cards`` (the test fixture's handle with ``up``), else on the ``brug soundcards`` server,
+    started if need be. Also returns the server the caller must stop at its end: one this call
+    started (it stops by itself too if the caller is killed), else ``None``."""
+    if cards is not None:
+        return cards.up(*names), None
+    from brug.gateway.soundcards import SoundCards, refresh_portaudio
+
+    sc = SoundCards()
+    own = None
+    if not sc.running():
+        sc.start()
+        sc.stop_with_this_process()
+        own = sc
+    sc.apply_env()
+    made = sc.up(names)
+    refresh_portaudio()
+    return dict(made), own
+
+
 def replay_realtime(plan: ReplayPlan, out: Path, *, quality: bool = True,
                     progress: bool = True, cards: Any = None) -> dict[str, Any]:
     """Replay ``plan`` in real time through virtual sound cards; write the replay output.
@@ -304,20 +352,7 @@ def replay_realtime(plan: ReplayPlan, out: Path, *, quality: bool = True,
     """
     from brug.gateway.ports.soundcard import SoundCardPort
 
-    own_server = None
-    if cards is None:
-        from brug.gateway.soundcards import SoundCards, refresh_portaudio
-
-        sc_cards = SoundCards()
-        if not sc_cards.running():
-            sc_cards.start()
-            sc_cards.stop_with_this_process()
-            own_server = sc_cards
-        sc_cards.apply_env()
-        names = sc_cards.up([card_name(p.name) for p in plan.ports])
-        refresh_portaudio()
-    else:
-        names = cards.up(*[card_name(p.name) for p in plan.ports])
+    names, own_server = open_cards([card_name(p.name) for p in plan.ports], cards)
     out.mkdir(parents=True, exist_ok=True)
     (out / "tx").mkdir(exist_ok=True)
     sc = plan.scenario
