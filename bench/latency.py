@@ -80,7 +80,7 @@ class LatencySetup:
         buf = {k: v for k, v in (("latency_ms", self.latency_ms), ("rx_ms", self.rx_ms),
                                  ("tx_ms", self.tx_ms)) if v is not None}
         extra = f", buffers: {json.dumps(buf)}" if buf else ""
-        clock = {"talk": "talk", "hear": "hear"}.get(self.clock, "none")
+        clock = self.clock if self.clock in ("talk", "hear") else "none"
         return (f"engine: {{rate_hz: 16000, block_ms: 5, clock: {clock}}}\n"
                 "ports:\n"
                 f"  talk: {{device: brug_{TALK}, network: a, talkgroup: A, "
@@ -307,14 +307,13 @@ def run_latency(setup: LatencySetup, out: Path, *, progress: bool = True,
     played = [p0 + (s_ - first) * p_slope for s_ in starts]
     at: dict[str, list[int]] = {}
     rec: dict[str, Array] = {}
+    clocks = {"player_ppm": round((p_slope * rate - 1.0) * 1e6, 1)}
     for name in (TALK, HEAR):
         r0, r_slope = clock_fit(results[name]["stamps_in"])
         at[name] = [int(round((tp - r0) / r_slope)) for tp in played]
         rec[name], _ = sf.read(str(results[name]["wav"]), dtype="float32")
+        clocks[f"{name}_recorder_ppm"] = round((r_slope * rate - 1.0) * 1e6, 1)
     talk_in, hear_raw = rec[TALK], rec[HEAR]
-    clocks = {"player_ppm": round((p_slope * rate - 1.0) * 1e6, 1),
-              **{f"{n}_recorder_ppm": round((clock_fit(results[n]["stamps_in"])[1] * rate
-                                              - 1.0) * 1e6, 1) for n in (TALK, HEAR)}}
     for r in results.values():
         Path(r["wav"]).unlink(missing_ok=True)
     try:
