@@ -145,7 +145,8 @@ def _latency(args: argparse.Namespace) -> int:
                                 f"must be > 0, got {getattr(args, name)}")
     setup = LatencySetup(minutes=args.minutes, every_s=args.every_s, clock=args.clock,
                          latency_ms=args.latency_ms, rx_ms=args.rx_ms, tx_ms=args.tx_ms,
-                         target_ms=args.target_ms, max_drift_ms=args.max_drift_ms)
+                         target_ms=args.target_ms, max_drift_ms=args.max_drift_ms,
+                         wire=args.wire)
     m = run_latency(setup, args.out, progress=not args.quiet)
     s = m["summary"]
     a = s.get("added_ms", {})
@@ -195,6 +196,9 @@ def register(subparsers: Any) -> None:
                     help="fail when the median added delay is not below this")
     lt.add_argument("--max-drift-ms", type=float, default=2.0,
                     help="fail when the delay moves more than this from the first minute")
+    lt.add_argument("--wire", action="store_true",
+                    help="measure a bare sounddevice wire in the gateway's place (the path's "
+                         "own floor)")
     lt.add_argument("--out", type=Path, default=Path("runs/latency"), help="output directory")
     lt.add_argument("--quiet", action="store_true", help="no progress line")
     lt.set_defaults(func=_latency)

@@ -54,9 +54,10 @@ WINDOW_S, WINDOW_SLACK_S, GLITCH_CORR = 0.25, 0.01, 0.9
 #: costs a window, not the over: 100 ms lost of the 2 s still correlate well above it).
 HEARD_CORR = 0.5
 TAIL_S = 2.0
-#: The port figures sampled every 0.5 s for the plot: ring fills (device samples) and the
-#: drift loops' corrections (ppm).
-RING_KEYS = ("rx_fill", "tx_fill", "rx_ppm", "tx_ppm")
+#: The port figures sampled every 0.5 s (the plot shows the fills): ring fills (device samples), the
+#: drift loops' corrections (ppm), the xrun and trim counters.
+RING_KEYS = ("rx_fill", "tx_fill", "rx_ppm", "tx_ppm", "underruns",
+             "device_underruns", "rx_trimmed", "tx_trimmed")
 
 
 @dataclass(frozen=True)
@@ -64,7 +65,9 @@ class LatencySetup:
     """What is measured: the engine's clock and each card's buffering (None: the defaults).
 
     ``clock`` is ``"talk"`` (the engine ticks on the talker's card), ``"hear"`` or
-    ``"none"`` (the monotonic clock, the site file's default). Buffers in ms.
+    ``"none"`` (the monotonic clock, the site file's default). Buffers in ms. ``wire``
+    measures a bare sounddevice wire (:class:`Wire`) in the gateway's place, the floor any
+    gateway on this path stands on.
     """
 
     minutes: float = 10.0
@@ -75,6 +78,7 @@ class LatencySetup:
     tx_ms: float | None = None
     target_ms: float = 35.0
     max_drift_ms: float = 2.0
+    wire: bool = False
 
     def site_text(self) -> str:
         buf = {k: v for k, v in (("latency_ms", self.latency_ms), ("rx_ms", self.rx_ms),
@@ -88,6 +92,52 @@ class LatencySetup:
                 f"  hear: {{device: brug_{HEAR}, network: b, talkgroup: B, "
                 f"ptt: {{type: none, lead_ms: 0}}{extra}}}\n"
                 "patches:\n  LAT: {members: [talk, hear], mode: half_duplex}\n")
+
+
+class Wire:
+    """A bare sounddevice wire: one duplex stream from ``brug_lat-talk_in`` to
+    ``brug_lat-hear_out`` whose callback copies its input to its output, at the PortAudio
+    latency the gateway's cards get (``latency_s``) and the gateway's 160-frame blocks.
+
+    Stands in for the gateway (same ``start``/``stop``) to measure what this sound-card path
+    costs before any gateway buffering. Real-time: the callback copies, nothing else.
+    """
+
+    def __init__(self, input_device: str, output_device: str, latency_s: float,
+                 rate: int = CARD_RATE_HZ) -> None:
+        self.input_device, self.output_device = input_device, output_device
+        self.latency_s, self.rate = latency_s, rate
+        self.callbacks = self.flagged = 0
+        self._stream: Any = None
+
+    def _callback(self, indata: Any, outdata: Any, frames: int, time_info: Any,
+                  status: Any) -> None:
+        self.callbacks += 1
+        if status:
+            self.flagged += 1
+        outdata[:] = indata
+
+    def start(self) -> None:
+        import sounddevice as sd
+
+        from brug.gateway.devices import find_device
+
+        self._stream = sd.Stream(
+            device=(find_device(self.input_device, "input"),
+                    find_device(self.output_device, "output")),
+            samplerate=self.rate, blocksize=self.rate // 300, channels=1, dtype="float32",
+            latency=self.latency_s, callback=self._callback)
+        self._stream.start()
+
+    def stop(self) -> None:
+        if self._stream is not None:
+            self._stream.abort()
+            self._stream.close()
+            self._stream = None
+
+    def stats(self) -> dict[str, Any]:
+        """Callbacks made and callbacks that came with a status flag (an xrun)."""
+        return {"callbacks": self.callbacks, "flagged_callbacks": self.flagged}
 
 
 def phrase(rate: int = CARD_RATE_HZ) -> tuple[Array, slice]:
@@ -267,14 +317,19 @@ def run_latency(setup: LatencySetup, out: Path, *, progress: bool = True,
                          {TALK: (names[TALK].air_rx, names[TALK].input),
                           HEAR: (names[HEAR].air_rx, names[HEAR].air_tx)}, raw,
                          slip_s=math.inf)
-    gw = Gateway(site)
     faults: list[str] = []
-    gw.engine.events.subscribe(lambda evs: faults.extend(
-        f"{e.topic} {e.info}" for e in evs if e.topic.startswith("fault")))
+    gw: Any
+    if setup.wire:
+        gw = Wire(names[TALK].input, names[HEAR].output, (setup.latency_ms or 15.0) / 1000.0)
+    else:
+        gw = Gateway(site)
+        gw.engine.events.subscribe(lambda evs: faults.extend(
+            f"{e.topic} {e.info}" for e in evs if e.topic.startswith("fault")))
     prog = Progress(total_s + TAIL_S, "latency", progress)
     results: dict[str, dict[str, Any]] = {}
     snap: dict[str, Any] = {}
     rings: list[list[float]] = []      # [t_s, then RING_KEYS of talk, then of hear]
+    ticks: list[list[float]] = []      # [t_s, engine samples, clock misses]
     try:
         gw.start()
         t0 = time.monotonic() + 0.8
@@ -283,15 +338,20 @@ def run_latency(setup: LatencySetup, out: Path, *, progress: bool = True,
         while time.monotonic() < end:
             time.sleep(0.5)
             el = max(0.0, time.monotonic() - t0)
+            if setup.wire:
+                prog.update(el, f"flagged callbacks {gw.flagged}")
+                continue
             st = gw.engine.submit(lambda e: e.snapshot()).result(timeout=5)
             rings.append([round(el, 2)] + [
                 st["ports"][n]["stats"].get(k, 0) for n in ("talk", "hear")
                 for k in RING_KEYS])
+            ticks.append([round(el, 3), st["t"], st["clock"]["misses"]])
             x_runs = sum(int(p["stats"].get("underruns", 0))
                          + int(p["stats"].get("device_underruns", 0))
                          for p in st["ports"].values())
             prog.update(el, f"faults {len(faults)} underruns {x_runs}")
-        snap = gw.engine.submit(lambda e: e.snapshot()).result(timeout=5)
+        snap = {"ports": {"wire": {"stats": gw.stats()}}} if setup.wire else \
+            gw.engine.submit(lambda e: e.snapshot()).result(timeout=5)
         results = terms.stop()
     finally:
         terms.kill()
@@ -329,11 +389,14 @@ def run_latency(setup: LatencySetup, out: Path, *, progress: bool = True,
     m = {"schema": "brug-bench-latency/1", "setup": setup.__dict__, "site": setup.site_text(),
          "summary": summary, "overs": rows, "faults": faults,
          "port_stats": {n: p["stats"] for n, p in snap.get("ports", {}).items()},
+         "engine_clock": snap.get("clock"), "engine_t": snap.get("t"),
          "rings": {"columns": ["t_s"] + [f"{n}.{k}" for n in ("talk", "hear")
                                          for k in RING_KEYS], "rows": rings},
+         "engine_time": {"columns": ["t_s", "engine_samples", "clock_misses"], "rows": ticks},
          "terminal_clocks_ppm": clocks}
     write_json(out / "latency.json", m)
-    title = (f"clock {setup.clock}, latency {setup.latency_ms or 15:g} ms, rx {setup.rx_ms or 15:g}"
+    title = ("bare sounddevice wire, " if setup.wire else "") + (
+             f"clock {setup.clock}, latency {setup.latency_ms or 15:g} ms, rx {setup.rx_ms or 15:g}"
              f" / tx {setup.tx_ms or 15:g} ms: median {summary.get('added_ms', {}).get('median')}"
              f" ms, drift {summary.get('drift_ms')} ms, glitches {summary['glitches']}")
     plot(rows, out / "latency.png", title, rings)

@@ -217,6 +217,16 @@ class DriftController:
         rate x 200e-6 x 10 samples.
     smoothing_s : float, optional
         Time constant of the fill low-pass; default ``time_constant_s / 8``.
+    acquire_s : float
+        For this long after a start or :meth:`reset` (seconds of updates) the loop runs with
+        the time constant ``acquire_time_constant_s`` instead, then shifts to
+        ``time_constant_s`` keeping its output (the integrator is rescaled), as a PLL
+        acquires fast and tracks slowly. A slow loop meeting a clock that is off by ``v``
+        ppm lets the fill stray by about ``v * rate * time_constant_s / e`` samples before
+        it has caught up (3 ms for 280 ppm and 30 s), more than a ring held a few ms above
+        empty can spare. Default 0: no acquisition phase.
+    acquire_time_constant_s : float, optional
+        Time constant while acquiring; default ``time_constant_s / 6``.
 
     Notes
     -----
@@ -230,7 +240,8 @@ class DriftController:
 
     def __init__(self, setpoint: int, rate_hz: int, max_ppm: float = 1000.0, *,
                  period_samples: int | None = None, time_constant_s: float = 10.0,
-                 smoothing_s: float | None = None) -> None:
+                 smoothing_s: float | None = None, acquire_s: float = 0.0,
+                 acquire_time_constant_s: float | None = None) -> None:
         if rate_hz <= 0:
             raise ValueError(f"rate_hz must be positive, got {rate_hz}")
         if max_ppm <= 0:
@@ -243,14 +254,37 @@ class DriftController:
         self.period_samples = int(period_samples or max(1, rate_hz // 200))
         self.time_constant_s = float(time_constant_s)
         self.smoothing_s = float(smoothing_s if smoothing_s is not None else time_constant_s / 8)
-        dt = self.period_samples / self.rate_hz
-        gain = self.rate_hz * 1e-6          # samples/s of fill change per ppm
-        wn = 1.0 / self.time_constant_s
-        self._kp = 2.0 * wn / gain          # ppm per sample of error
-        self._ki = wn * wn / gain           # ppm per sample-second of error
-        self._dt = dt
-        self._alpha = 1.0 - math.exp(-dt / self.smoothing_s) if self.smoothing_s > 0 else 1.0
+        self._dt = self.period_samples / self.rate_hz
+        self._acquire_updates = int(round(max(0.0, acquire_s) / self._dt))
+        self.acquire_time_constant_s = float(acquire_time_constant_s or time_constant_s / 6.0)
+        if self.acquire_time_constant_s <= 0:
+            raise ValueError("acquire_time_constant_s must be positive, got "
+                             f"{acquire_time_constant_s}")
+        self._track = self._gains(self.time_constant_s, self.smoothing_s)
+        self._acquire = self._gains(self.acquire_time_constant_s,
+                                    self.acquire_time_constant_s * self.smoothing_s
+                                    / self.time_constant_s)
         self.reset()
+
+    def _gains(self, time_constant_s: float, smoothing_s: float) -> tuple[float, float, float]:
+        """(kp, ki, alpha) of a critically damped loop with this time constant."""
+        gain = self.rate_hz * 1e-6          # samples/s of fill change per ppm
+        wn = 1.0 / time_constant_s
+        alpha = 1.0 - math.exp(-self._dt / smoothing_s) if smoothing_s > 0 else 1.0
+        # kp: ppm per sample of error; ki: ppm per sample-second of error
+        return 2.0 * wn / gain, wn * wn / gain, alpha
+
+    def _shift(self, gains: tuple[float, float, float]) -> None:
+        """Use ``gains`` from now on, keeping the integral term's output."""
+        ki_old = getattr(self, "_ki", 0.0)
+        self._kp, self._ki, self._alpha = gains
+        if ki_old:
+            self._integ *= ki_old / self._ki
+
+    @property
+    def acquiring(self) -> bool:
+        """Still in the fast acquisition phase after a start or reset?"""
+        return self._updates < self._acquire_updates
 
     @property
     def filtered_fill(self) -> float:
@@ -264,6 +298,9 @@ class DriftController:
 
     def update(self, fill: int) -> float:
         """Feed the ring fill (samples) once per block; return the correction in ppm."""
+        self._updates += 1
+        if self._updates == self._acquire_updates:
+            self._shift(self._track)
         if self._fill_init:
             self._fill += self._alpha * (fill - self._fill)
         else:
@@ -286,3 +323,5 @@ class DriftController:
         self._fill_init = False
         self._integ = 0.0
         self._out = 0.0
+        self._updates = 0
+        self._shift(self._acquire if self._acquire_updates else self._track)

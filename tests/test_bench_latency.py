@@ -64,7 +64,22 @@ def test_short_run_through_virtual_sound_cards(soundcards, tmp_path: Path) -> No
     assert abs(1000.0 * lag / fs - rows[0]["path_ms"]) < 0.5
     assert (tmp_path / "latency.png").stat().st_size > 10_000
     assert "added delay, median" in (tmp_path / "report.md").read_text()
-    assert json.loads((tmp_path / "latency.json").read_text())["schema"] == "brug-bench-latency/1"
+    saved = json.loads((tmp_path / "latency.json").read_text())
+    assert saved["schema"] == "brug-bench-latency/1"
+    # the engine ticked on the talker's card, and its time was sampled along the run
+    assert saved["engine_clock"]["port"] == "talk"
+    assert len(saved["engine_time"]["rows"]) >= 20
+
+
+def test_bare_wire_in_the_gateways_place(soundcards, tmp_path: Path) -> None:
+    """``--wire``: the same rig with a bare duplex sounddevice wire in the gateway's place
+    carries every over, with a delay of the path alone (31 ms on an idle machine)."""
+    m = run_latency(LatencySetup(minutes=0.3, every_s=7.0, wire=True), tmp_path,
+                    progress=False, cards=soundcards)
+    rows = m["overs"]
+    assert len(rows) >= 2 and all(r["added_ms"] is not None for r in rows), rows
+    assert all(5.0 < r["added_ms"] < 60.0 for r in rows), rows
+    assert m["port_stats"]["wire"]["callbacks"] > 1000
 
 
 def test_bad_arguments_get_one_line() -> None:

@@ -235,3 +235,36 @@ def test_bench_resampler_5ms_block(benchmark: Any, channels: int) -> None:
     x = np.zeros(shape, np.float32)
     y = benchmark(r.process, x)
     assert len(y) in (79, 80, 81)
+
+
+def _worst_excursion(ctl: DriftController, offset_ppm: float, seconds: float) -> float:
+    """Fill model (as above) with a card ``offset_ppm`` fast: the largest distance of the fill
+    from the set point, samples."""
+    rate, tick = 48000, 0.005
+    acc, fill, ppm, worst = 0.0, float(ctl.setpoint), 0.0, 0.0
+    for _ in range(int(seconds / tick)):
+        acc += rate * tick * (1 + offset_ppm * 1e-6) * (1 + ppm * 1e-6) - rate * tick
+        step = int(acc)
+        acc -= step
+        fill += step
+        worst = max(worst, abs(fill - ctl.setpoint))
+        ppm = ctl.update(int(fill))
+    return worst
+
+
+def test_acquisition_phase_keeps_a_thin_cushion() -> None:
+    """A card 280 ppm fast (what the virtual cards run off the monotonic clock): the 30 s loop
+    lets the fill stray by about 3 ms before it has caught up, more than a 3 ms cushion; 30 s
+    of acquisition at 5 s keeps it within 1 ms, and the shift to tracking keeps the ratio."""
+    slow = DriftController(144, 48000, period_samples=240, time_constant_s=30.0)
+    fast = DriftController(144, 48000, period_samples=240, time_constant_s=30.0,
+                           acquire_s=30.0, acquire_time_constant_s=5.0)
+    assert fast.acquiring
+    w_slow = _worst_excursion(slow, 280.0, 180.0)
+    w_fast = _worst_excursion(fast, 280.0, 180.0)
+    assert w_slow > 48 * 2.5
+    assert w_fast < 48 * 1.0
+    assert not fast.acquiring
+    assert fast.ppm == pytest.approx(-280.0, abs=15.0)
+    fast.reset()
+    assert fast.acquiring and fast.ppm == 0.0
