@@ -80,6 +80,13 @@ class LatencySetup:
     max_drift_ms: float = 2.0
     wire: bool = False
 
+    def describe(self) -> str:
+        """What ran, in one line (the plot's title and the report's first row)."""
+        if self.wire:
+            return f"bare sounddevice wire, latency {self.latency_ms or 15:g} ms"
+        return (f"engine clock `{self.clock}`, latency {self.latency_ms or 15:g} ms, rx "
+                f"{self.rx_ms or 15:g} ms / tx {self.tx_ms or 15:g} ms")
+
     def site_text(self) -> str:
         buf = {k: v for k, v in (("latency_ms", self.latency_ms), ("rx_ms", self.rx_ms),
                                  ("tx_ms", self.tx_ms)) if v is not None}
@@ -386,7 +393,8 @@ def run_latency(setup: LatencySetup, out: Path, *, progress: bool = True,
     for row, a in zip(rows, at[HEAR]):
         row["hear_wav_sample"] = a
     summary = summarize(rows, setup)
-    m = {"schema": "brug-bench-latency/1", "setup": setup.__dict__, "site": setup.site_text(),
+    m = {"schema": "brug-bench-latency/1", "setup": setup.__dict__,
+         "site": None if setup.wire else setup.site_text(),
          "summary": summary, "overs": rows, "faults": faults,
          "port_stats": {n: p["stats"] for n, p in snap.get("ports", {}).items()},
          "engine_clock": snap.get("clock"), "engine_t": snap.get("t"),
@@ -395,10 +403,8 @@ def run_latency(setup: LatencySetup, out: Path, *, progress: bool = True,
          "engine_time": {"columns": ["t_s", "engine_samples", "clock_misses"], "rows": ticks},
          "terminal_clocks_ppm": clocks}
     write_json(out / "latency.json", m)
-    title = ("bare sounddevice wire, " if setup.wire else "") + (
-             f"clock {setup.clock}, latency {setup.latency_ms or 15:g} ms, rx {setup.rx_ms or 15:g}"
-             f" / tx {setup.tx_ms or 15:g} ms: median {summary.get('added_ms', {}).get('median')}"
-             f" ms, drift {summary.get('drift_ms')} ms, glitches {summary['glitches']}")
+    title = (f"{setup.describe()}: median {summary.get('added_ms', {}).get('median')} ms, "
+             f"drift {summary.get('drift_ms')} ms, glitches {summary['glitches']}")
     plot(rows, out / "latency.png", title, rings)
     write_report(m, out / "report.md")
     return m
@@ -411,10 +417,8 @@ def write_report(m: dict[str, Any], path: Path) -> None:
     lines = [f"# brug bench latency: {s['verdict']['status']}", ""]
     lines += [f"- FAIL: {f}" for f in s["verdict"]["failures"]]
     lines += ["", "| figure | value |", "|---|---|",
-              f"| run | {st['minutes']:g} min, an over every {st['every_s']:g} s, engine clock "
-              f"`{st['clock']}` |",
-              f"| buffers | latency {st['latency_ms'] or 15:g} ms, rx {st['rx_ms'] or 15:g} ms, "
-              f"tx {st['tx_ms'] or 15:g} ms |",
+              f"| run | {st['minutes']:g} min, an over every {st['every_s']:g} s |",
+              f"| measured | {LatencySetup(**st).describe()} |",
               f"| overs heard | {s['heard']}/{s['overs']} |",
               f"| added delay, median (p95, min..max) | {a.get('median')} ms ({a.get('p95')}, "
               f"{a.get('min')}..{a.get('max')}) |",

@@ -264,6 +264,7 @@ class DriftController:
         self._acquire = self._gains(self.acquire_time_constant_s,
                                     self.acquire_time_constant_s * self.smoothing_s
                                     / self.time_constant_s)
+        self._kp, self._ki, self._alpha = self._track
         self.reset()
 
     def _gains(self, time_constant_s: float, smoothing_s: float) -> tuple[float, float, float]:
@@ -276,10 +277,9 @@ class DriftController:
 
     def _shift(self, gains: tuple[float, float, float]) -> None:
         """Use ``gains`` from now on, keeping the integral term's output."""
-        ki_old = getattr(self, "_ki", 0.0)
+        ki_old = self._ki
         self._kp, self._ki, self._alpha = gains
-        if ki_old:
-            self._integ *= ki_old / self._ki
+        self._integ *= ki_old / self._ki
 
     @property
     def acquiring(self) -> bool:
