@@ -37,6 +37,7 @@ from scipy import signal
 
 from brug.bench.realtime import CARD_RATE_HZ, TerminalSide, clock_fit, open_cards
 from brug.bench.replay import Progress, write_json
+from brug.gateway.ports.soundcard import DEFAULT_LATENCY_S, DEFAULT_RX_MS, DEFAULT_TX_MS
 
 Array = npt.NDArray[np.float32]
 TALK, HEAR = "lat-talk", "lat-hear"
@@ -80,12 +81,19 @@ class LatencySetup:
     max_drift_ms: float = 2.0
     wire: bool = False
 
+    @property
+    def card_latency_s(self) -> float:
+        """The suggested PortAudio latency the cards (or the wire) open with, s."""
+        return DEFAULT_LATENCY_S if self.latency_ms is None else self.latency_ms / 1000.0
+
     def describe(self) -> str:
         """What ran, in one line (the plot's title and the report's first row)."""
+        lat = f"latency {1000 * self.card_latency_s:g} ms"
         if self.wire:
-            return f"bare sounddevice wire, latency {self.latency_ms or 15:g} ms"
-        return (f"engine clock `{self.clock}`, latency {self.latency_ms or 15:g} ms, rx "
-                f"{self.rx_ms or 15:g} ms / tx {self.tx_ms or 15:g} ms")
+            return f"bare sounddevice wire, {lat}"
+        rx = DEFAULT_RX_MS if self.rx_ms is None else self.rx_ms
+        tx = DEFAULT_TX_MS if self.tx_ms is None else self.tx_ms
+        return f"engine clock `{self.clock}`, {lat}, cushions rx {rx:g} ms / tx {tx:g} ms"
 
     def site_text(self) -> str:
         buf = {k: v for k, v in (("latency_ms", self.latency_ms), ("rx_ms", self.rx_ms),
@@ -327,7 +335,7 @@ def run_latency(setup: LatencySetup, out: Path, *, progress: bool = True,
     faults: list[str] = []
     gw: Any
     if setup.wire:
-        gw = Wire(names[TALK].input, names[HEAR].output, (setup.latency_ms or 15.0) / 1000.0)
+        gw = Wire(names[TALK].input, names[HEAR].output, setup.card_latency_s)
     else:
         gw = Gateway(site)
         gw.engine.events.subscribe(lambda evs: faults.extend(

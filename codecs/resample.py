@@ -317,10 +317,14 @@ class DriftController:
         self._out = out
         return out
 
-    def reset(self) -> None:
-        """Clear state (integrator, filtered fill); keep parameters."""
+    def reset(self, settled: bool = False) -> None:
+        """Clear state (integrator, filtered fill); keep parameters.
+
+        ``settled``: the ring is known to sit at its set point on average (it was just
+        levelled), so the fill filter starts there; otherwise it starts from the first fill
+        fed, which on a ring written in bursts may be a burst away from the average."""
         self._fill = float(self.setpoint)
-        self._fill_init = False
+        self._fill_init = settled
         self._integ = 0.0
         self._out = 0.0
         self._updates = 0

@@ -695,6 +695,7 @@ class Engine:
         last = deadline
         wake = self._wake
         self.on_wall_clock = True     # until the clock card delivers its first block
+        was_on_wall_clock = True
         try:
             while not stop.is_set():
                 clock = self._clock       # commands between ticks may replace the card
@@ -722,6 +723,10 @@ class Engine:
                     deadline += period
                 if stop.is_set():
                     break
+                if self.on_wall_clock != was_on_wall_clock:
+                    was_on_wall_clock = self.on_wall_clock
+                    for p in self._rows:
+                        p.port.retime()
                 self.tick()
                 last = time.monotonic()
         finally:

@@ -256,7 +256,8 @@ def test_the_engine_follows_its_clock_card_and_carries_on_without_it(
         corrs.append(xcorr_peak(part, y[i:i + FS], lag))
         lags.append(round(1000 * lag / FS))
     print(f"\nclock misses {misses}; kb->kc delays {lags} ms, correlations "
-          f"{[round(c, 3) for c in corrs]}; stats {eng.port_object('kc').stats.as_dict()}")
+          f"{[round(c, 3) for c in corrs]}; stats {eng.port_object('kc').stats.as_dict()}, "
+          f"talker {eng.port_object('kb').stats.as_dict()}")
     assert misses >= 1 and walled, "the engine did not notice its clock card was gone"
     assert np.median(corrs) > 0.95, "the patch stopped with the clock card"
     assert back, "the engine did not take the card's clock again when it came back"

@@ -8,9 +8,13 @@ Threads and data path::
     outdata <--copy-- tx Ring  <---------  StreamResampler engine->dev (drift-corrected)
     supervisor thread: watches the stream, reopens a lost device with back-off
 
-Each ring has a :class:`~brug.codecs.resample.DriftController` holding its fill at a small set
-point, so the two crystals (card and engine clock) may differ by up to ``max_ppm`` without a
-ring ever running dry or full.
+Each ring has a :class:`~brug.codecs.resample.DriftController` holding the ring's *floor* (its
+lowest fill over :data:`FLOOR_WINDOW_MS`) at a small cushion, so the two crystals (card and
+engine clock) may differ by up to ``max_ppm`` without a ring ever running dry or full.
+PulseAudio moves audio in bursts of several callbacks; a ring held at its average fill has
+its lowest point half a burst below the set point (and runs dry when the cushion is smaller
+than that), a ring held at its floor keeps the whole cushion at its lowest point and no more
+buffering than the bursts need.
 """
 
 from __future__ import annotations
@@ -27,6 +31,10 @@ from brug.codecs.resample import DriftController, StreamResampler
 from brug.gateway.ports.base import Block, Port
 from brug.gateway.ring import Ring
 
+#: Default suggested PortAudio latency, s, and ring cushions, ms (site file ``buffers``).
+DEFAULT_LATENCY_S = 0.015
+DEFAULT_RX_MS = 5.0
+DEFAULT_TX_MS = 5.0
 #: Seconds between reopen attempts after a device is lost (the last value repeats).
 BACKOFF_S: tuple[float, ...] = (0.05, 0.5, 1.0, 2.0, 4.0, 8.0, 10.0)
 #: A running stream whose callback has not run for this long counts as lost, s.
@@ -41,14 +49,36 @@ SLOW_WINDOW_S = 2.0
 TRIM_SILENCE_DBFS = -50.0
 #: Silent blocks dropped per engine tick at most (catch up at up to 3x real time).
 TRIM_MAX_BLOCKS = 2
-#: Silence is dropped while the lowest fill of a ring over the last TRIM_WINDOW_MS (its floor:
-#: PulseAudio's bursts only lift the fill above it) stays more than TRIM_MARGIN_MS above the
-#: ring's set point.
-TRIM_WINDOW_MS = 250.0
+#: Silence is dropped while a ring's floor (:data:`FLOOR_WINDOW_MS`) stays more than
+#: TRIM_MARGIN_MS above its cushion.
 TRIM_MARGIN_MS = 5.0
 #: Only a block that follows this many silent blocks is dropped (a pause, not a quiet
 #: syllable).
 TRIM_AFTER_SILENT = 2
+#: A ring's floor is its lowest fill over the current and the previous window of this length,
+#: ms: what the drift loop holds at the cushion and the silence trim compares with it. Long
+#: enough to hold PulseAudio's occasional larger bursts (a 250 ms window let the trim leave
+#: too little for them: the engine found the receive ring short), short enough for the loop
+#: (30 s time constant) to follow.
+FLOOR_WINDOW_MS = 2000.0
+#: Drift loop time constants, s: fast for DRIFT_ACQUIRE_S after a start, reset or reopen (the
+#: cards' crystals are a few hundred ppm off the engine's clock: a 30 s loop would let a
+#: few-ms cushion run dry before it caught up), then slow (a smooth ratio).
+DRIFT_TIME_CONSTANT_S = 30.0
+DRIFT_ACQUIRE_S = 0.0
+DRIFT_ACQUIRE_TIME_CONSTANT_S = 15.0
+#: A ring is primed this many device callbacks above its cushion (its first burst may come
+#: late), then levelled (:class:`Leveller`): LEVEL_SKIP_MS after priming (a capture stream
+#: delivers irregularly while it starts: its first burst runs ahead and the fill sinks for
+#: about 100 ms) its floor is watched for LEVEL_MEASURE_MS and the ring moved to its cushion
+#: at once (audio dropped, or zeros added); its average fill over the next LEVEL_AVERAGE_MS is
+#: what the drift loop then holds. Measured (docs/soundcards.md): a loop fed the floor itself
+#: swung to its 1000 ppm limit when one capture burst came late, and a loop left to take
+#: the priming allowance off by itself overshot into the cushion for tens of seconds.
+PRIME_BURST_CALLBACKS = 4
+LEVEL_SKIP_MS = 250.0
+LEVEL_MEASURE_MS = 500.0
+LEVEL_AVERAGE_MS = 1000.0
 #: Receive set point of the card that clocks the engine, ms: the engine ticks as soon as
 #: this card's capture holds a block, so nothing needs to wait in its ring (see
 #: :meth:`SoundCardPort.attach_clock`).
@@ -75,6 +105,19 @@ class FloorTracker:
         self._cur = self._prev = 1 << 62
         self._n = 0
 
+    def shift(self, delta: int) -> None:
+        """Move what was seen by ``delta`` (the ring was levelled by that much)."""
+        if self._cur != 1 << 62:
+            self._cur += delta
+        if self._prev != 1 << 62:
+            self._prev += delta
+
+    @property
+    def floor(self) -> int:
+        """The floor now (0 before the first update)."""
+        low = min(self._cur, self._prev)
+        return 0 if low == 1 << 62 else low
+
     def update(self, value: int) -> int:
         """Feed one value; return the floor (min over this window and the one before)."""
         if value < self._cur:
@@ -84,6 +127,65 @@ class FloorTracker:
         if self._n >= self.window:
             self._prev, self._cur, self._n = self._cur, 1 << 62, 0
         return floor
+
+
+class Leveller:
+    """Brings one ring to its cushion after a (re)start and finds the average fill to hold.
+
+    Fed one fill per engine tick (:meth:`update`) until :attr:`done`: ``skip`` ticks are
+    ignored, the lowest fill over the next ``measure`` ticks is the floor, and at that tick
+    :meth:`update` returns how far to move the ring (samples; positive: drop that much,
+    negative: add that much) so the floor lands on ``cushion``; the fills of the ``average``
+    ticks after that give :attr:`setpoint`, the average fill of a ring whose floor is at its
+    cushion (the cushion plus what PulseAudio's bursts add on this path). A drift loop holds
+    that average: smooth, and one late burst does not move it. An average more than
+    ``spread`` above the cushion was measured through a disturbance (the engine lost its
+    clock card, a stream stalled): the floor and the average are measured again.
+
+    Real-time: integer arithmetic, no allocation.
+    """
+
+    def __init__(self, cushion: int, skip: int, measure: int, average: int,
+                 spread: int) -> None:
+        self.cushion = int(cushion)
+        self.spread = int(spread)
+        self.skip = max(0, int(skip))
+        self.level_at = self.skip + max(1, int(measure))
+        self.done_at = self.level_at + max(1, int(average))
+        self.levellings = 0
+        self.restart()
+
+    def restart(self, skip: bool = True) -> None:
+        """Level again (``skip=False``: the stream is running, watch the floor at once)."""
+        self.ticks = 0 if skip else self.skip
+        self.low = 1 << 62
+        self.total = 0
+        self.setpoint = self.cushion
+
+    @property
+    def done(self) -> bool:
+        """Levelled, and :attr:`setpoint` holds the average fill to keep."""
+        return self.ticks >= self.done_at
+
+    def update(self, fill: int) -> int:
+        """Feed the fill (samples) once per tick; return the move to make now (see above)."""
+        self.ticks += 1
+        t = self.ticks
+        if t <= self.skip:
+            return 0
+        if t <= self.level_at:
+            if fill < self.low:
+                self.low = fill
+            if t < self.level_at:
+                return 0
+            self.levellings += 1
+            return self.low - self.cushion
+        self.total += fill
+        if t == self.done_at:
+            self.setpoint = int(round(self.total / (self.done_at - self.level_at)))
+            if self.setpoint > self.cushion + self.spread:
+                self.restart(skip=False)
+        return 0
 
 
 class SoundCardPort(Port):
@@ -108,9 +210,10 @@ class SoundCardPort(Port):
         with a 12 ms transmit set point, dropped out in the 20 s wire test on a loaded
         machine; 0.005 s makes the plugin underrun.
     rx_setpoint_ms, tx_setpoint_ms:
-        Target fill of the receive/transmit rings in ms (the added buffering); the card that
-        clocks the engine needs no receive cushion (:meth:`attach_clock`). With 0.01 s
-        latency a transmit set point of 10 ms ran dry 2-3 times as often as 12 ms.
+        Cushion of the receive/transmit rings in ms: the fill their drift loops hold at each
+        ring's floor (lowest fill over :data:`FLOOR_WINDOW_MS`); the bursts PulseAudio moves
+        audio in come on top. The card that clocks the engine needs no receive cushion
+        (:meth:`attach_clock`).
     max_ppm:
         Largest drift correction, ppm.
     quality:
@@ -119,7 +222,7 @@ class SoundCardPort(Port):
     Notes
     -----
     Latency after a stall: when the floor of a ring's fill (its lowest value over
-    :data:`TRIM_WINDOW_MS`) stays above its set point (the engine or the server stalled, or a
+    :data:`FLOOR_WINDOW_MS`) stays above its set point (the engine or the server stalled, or a
     device ran slow for a while), the port drops *silent* blocks (below :data:`TRIM_SILENCE_DBFS`)
     until the fill is back, counted in ``stats.extra["rx_trimmed"]`` / ``["tx_trimmed"]``
     (samples). Only a ring more than 60 ms above its set point is trimmed whatever it holds
@@ -129,8 +232,8 @@ class SoundCardPort(Port):
 
     def __init__(self, name: str, input_device: str | int, output_device: str | int,
                  rate_hz: int = 48000, channels: int = 1, channel: int = 0,
-                 blocksize: int | None = None, latency: float | str = 0.015,
-                 rx_setpoint_ms: float = 15.0, tx_setpoint_ms: float = 15.0,
+                 blocksize: int | None = None, latency: float | str = DEFAULT_LATENCY_S,
+                 rx_setpoint_ms: float = DEFAULT_RX_MS, tx_setpoint_ms: float = DEFAULT_TX_MS,
                  max_ppm: float = 1000.0, quality: str = "sinc_fastest") -> None:
         super().__init__(name)
         if not 0 <= channel < channels:
@@ -200,12 +303,13 @@ class SoundCardPort(Port):
         self._rs_in = StreamResampler(self.rate_hz, self.engine_rate, 1, quality=self.quality)
         self._rs_out = StreamResampler(self.engine_rate, self.rate_hz, 1, quality=self.quality)
         period_dev = max(1, int(round(block * self.rate_hz / engine_rate)))
-        # PulseAudio delivers in bursts of several callbacks, so the fills jitter by a few
-        # ms; a slow loop (30 s) follows real crystal drift without warping the audio.
-        self._dc_in = DriftController(self.rx_setpoint, self.rate_hz, self.max_ppm,
-                                      period_samples=period_dev, time_constant_s=30.0)
-        self._dc_out = DriftController(self.tx_setpoint, self.rate_hz, self.max_ppm,
-                                       period_samples=period_dev, time_constant_s=30.0)
+        # the loops see the rings' floors, which hold still between PulseAudio's bursts
+        self._dc_in, self._dc_out = (
+            DriftController(setpoint, self.rate_hz, self.max_ppm, period_samples=period_dev,
+                            time_constant_s=DRIFT_TIME_CONSTANT_S, acquire_s=DRIFT_ACQUIRE_S,
+                            acquire_time_constant_s=DRIFT_ACQUIRE_TIME_CONSTANT_S)
+            for setpoint in (self.rx_setpoint, self.tx_setpoint))
+        self._burst = PRIME_BURST_CALLBACKS * self.blocksize
         # device samples pulled from the rx ring per resampler call (one engine block's worth)
         self._pull = int(math.ceil(block * self.rate_hz / engine_rate))
         self._pull_buf = np.zeros(self._pull, np.float32)
@@ -215,10 +319,22 @@ class SoundCardPort(Port):
         # trimming compares the floor of a ring's fill (PulseAudio's bursts only lift the
         # fill above it) with the set point plus this margin, device samples
         self._trim_margin = int(round(TRIM_MARGIN_MS * self.rate_hz / 1000))
-        ticks = max(1, int(round(TRIM_WINDOW_MS * engine_rate / 1000 / block)))
+        ticks = max(1, int(round(FLOOR_WINDOW_MS * engine_rate / 1000 / block)))
         self._rx_floor = FloorTracker(ticks)
         self._tx_floor = FloorTracker(ticks)
         self._rx_quiet = self._tx_quiet = 0      # consecutive silent blocks
+        def ticks_in(ms: float) -> int:
+            return max(1, int(round(ms * engine_rate / 1000 / block)))
+
+        phases = (ticks_in(LEVEL_SKIP_MS), ticks_in(LEVEL_MEASURE_MS), ticks_in(LEVEL_AVERAGE_MS))
+        # a level ring averages its cushion plus about half a burst and half an engine block;
+        # twice the priming allowance and a block is beyond anything measured undisturbed
+        spread = 2 * self._burst + 2 * period_dev
+        self._rx_level = Leveller(self.rx_setpoint, *phases, spread=spread)
+        self._tx_level = Leveller(self.tx_setpoint, *phases, spread=spread)
+        self._trim_dev = period_dev   # device samples one trimmed engine block takes off
+        self._rx_hold = 0                        # device samples to let the rx ring gain
+        self._tx_drop = 0                        # device samples to leave out of tx writes
         self._silence_ms2 = float(10.0 ** (TRIM_SILENCE_DBFS / 10.0))   # mean square
         self.stats.extra.setdefault("rx_trimmed", 0)
         self.stats.extra.setdefault("tx_trimmed", 0)
@@ -273,12 +389,19 @@ class SoundCardPort(Port):
     def ready(self) -> bool:
         """Can :meth:`read` deliver a whole block from the device now (engine thread)?
 
-        Before the port is primed (after a start or a reopen) that needs the set point plus
-        one resampler call's worth of capture; afterwards one call's worth, or a full FIFO.
+        Before the port is primed (after a start or a reopen) that needs the level the ring
+        starts from (:meth:`_rx_prime_level`); afterwards one resampler call's worth of
+        capture, or a full FIFO.
         """
         if self._rx_reset or not self._primed:
-            return not self._rx_reset and self.rx.fill >= self.rx_setpoint + self._pull
+            return not self._rx_reset and self.rx.fill >= self._rx_prime_level()
         return self._fifo.fill >= self.block or self.rx.fill >= self._pull
+
+    def _rx_prime_level(self) -> int:
+        """Fill the receive ring starts from, device samples: one resampler call above the
+        cushion, plus a burst allowance unless this card clocks the engine (the engine then
+        reads as soon as a block has arrived)."""
+        return self.rx_setpoint + self._pull + (0 if self._wake is not None else self._burst)
 
     def read(self, out: Block) -> None:
         """Fill ``out`` with engine-rate audio (zeros and an underrun count when the device
@@ -292,20 +415,45 @@ class SoundCardPort(Port):
             self._dc_in.reset()
             self._rx_floor.reset()
         if not self._primed:
-            if self.rx.fill < self.rx_setpoint + self._pull:
+            prime = self._rx_prime_level()
+            if self.rx.fill < prime:
                 out[:] = 0.0
                 return
             self._primed = True
-            self.rx.discard(self.rx.fill - self.rx_setpoint - self._pull)
+            self.rx.discard(self.rx.fill - prime)
+            self._rx_level.cushion = self.rx_setpoint   # (a clock card holds none)
+            self._rx_level.restart()
+            self._rx_hold = 0
+        if self._rx_hold > 0:     # levelling up: leave the capture in the ring for a tick
+            self._rx_hold -= self._pull
+            out[:] = 0.0
+            self._sync_stats()
+            return
         excess = self.rx.fill - self.rx_setpoint - self._max_excess
         if excess > 0:  # the engine fell behind (a stall): drop stale audio, keep latency
             self.rx.discard(excess + self._max_excess // 2)
             self.stats.overruns += 1
+        clock = self._wake is not None   # the card that clocks the engine holds no cushion
         self._fill_fifo(n)
         if self._fifo.fill < n:
             self.stats.underruns += 1
+            if not clock and self._rx_level.done:    # the bursts outgrew the cushion
+                self._rx_level.restart(skip=False)
         self._fifo.read_into(out)
         floor = self._rx_floor.update(self.rx.fill)
+        if not clock and not self._rx_level.done:
+            step = self._rx_level.update(self.rx.fill)
+            if step > 0:
+                self.rx.discard(step)
+            elif step < 0:
+                self._rx_hold = -step
+            if step:
+                self._rx_floor.shift(-step)
+            if self._rx_level.done:
+                self._dc_in.setpoint = self._rx_level.setpoint
+                self._dc_in.reset(settled=True)
+            self._sync_stats()
+            return
         for _ in range(TRIM_MAX_BLOCKS):
             # behind after a stall: drop silence (inaudible) until the ring is back
             self._rx_quiet = self._rx_quiet + 1 if self._silent(out) else 0
@@ -317,10 +465,19 @@ class SoundCardPort(Port):
                 break
             self._fifo.read_into(out)
             self.stats.extra["rx_trimmed"] += n
+            # the ring sits lower for good now: the loop must not pull it back up
+            self._dc_in.setpoint = max(self.rx_setpoint, self._dc_in.setpoint - self._trim_dev)
             floor = self._rx_floor.update(self.rx.fill)
-        if self._wake is None:    # the card that clocks the engine needs no drift correction
+        if not clock:
             self._rs_in.set_correction_ppm(self._dc_in.update(self.rx.fill))
         self._sync_stats()
+
+    def retime(self) -> None:
+        """Level both rings again: the engine's ticks now come in another pattern (on the
+        monotonic clock, or in the bursts of a clock card's capture). Engine thread."""
+        self._rx_level.restart()
+        self._tx_level.restart()
+        self._tx_drop = 0
 
     def _silent(self, x: Block) -> bool:
         """Is ``x`` below the trim level (:data:`TRIM_SILENCE_DBFS`)?"""
@@ -339,9 +496,10 @@ class SoundCardPort(Port):
         if not self._tx_primed:  # start at the set point; zeros played before do not count
             self._tx_primed = True
             self._tx_dry_at = None
-            self.tx.write_zeros(self.tx_setpoint - self.tx.fill - len(y))
+            self.tx.write_zeros(self.tx_setpoint + self._burst - self.tx.fill)
             self.tx.reset_counters()  # (a counter race with the callback only loses a count)
-            self._dc_out.reset()
+            self._tx_level.restart()
+            self._tx_drop = 0
             self._tx_floor.reset()
         elif self.tx.fill == 0 and self._tx_dry_at is None:
             # ran dry: the device has been playing zeros. If the engine stalled it catches up
@@ -356,9 +514,32 @@ class SoundCardPort(Port):
                 time.monotonic() - self._tx_dry_at >= self._reprime_after_s:
             self._tx_dry_at = None
             if self.tx.fill < self.tx_setpoint // 2:
-                self.tx.write_zeros(self.tx_setpoint - self.tx.fill - len(y))
+                self.tx.write_zeros(self.tx_setpoint + self._burst - self.tx.fill)
                 self.stats.extra["tx_reprimes"] = self.stats.extra.get("tx_reprimes", 0) + 1
-        floor = self._tx_floor.update(self.tx.fill)
+                # the bursts outgrew the cushion: level again
+                self._tx_level.restart(skip=False)
+                self._tx_drop = 0
+                self._tx_floor.reset()
+        fill = self.tx.fill                  # before this write: the ring at its lowest
+        floor = self._tx_floor.update(fill)
+        levelling = not self._tx_level.done
+        if levelling and not self._tx_drop:
+            step = self._tx_level.update(fill)
+            if step < 0:
+                self.tx.write_zeros(-step)
+            self._tx_drop = max(0, step)
+            if step:
+                self._tx_floor.shift(-step)
+            if self._tx_level.done:
+                self._dc_out.setpoint = self._tx_level.setpoint
+                self._dc_out.reset(settled=True)
+        if self._tx_drop > 0:       # levelling down: leave out what the ring holds too much
+            k = min(self._tx_drop, len(y))
+            self._tx_drop -= k
+            y = y[k:]
+        if levelling:
+            self.tx.write(y)
+            return
         quiet = self._silent(y)
         if self.tx.fill > self.tx_setpoint + self._max_excess:
             # the device fell behind (server starved): drop this block rather than let the
@@ -367,20 +548,24 @@ class SoundCardPort(Port):
         elif quiet and self._tx_quiet >= TRIM_AFTER_SILENT and \
                 floor > self.tx_setpoint + self._trim_margin:
             self.stats.extra["tx_trimmed"] += len(y)   # latency left by a stall: drop silence
+            self._dc_out.setpoint = max(self.tx_setpoint, self._dc_out.setpoint - len(y))
             # the ring now holds a block less than it would have: count that at once, so the
             # floor does not trim past the set point before the next update sees it
             self._tx_floor.update(self.tx.fill - len(y))
         else:
             self.tx.write(y)
         self._tx_quiet = self._tx_quiet + 1 if quiet else 0
-        self._rs_out.set_correction_ppm(self._dc_out.update(self.tx.fill))
+        self._rs_out.set_correction_ppm(self._dc_out.update(fill))
 
     def _sync_stats(self) -> None:
         s = self.stats
         s.status_flags = self.cb_flags
         s.extra.update(device_overruns=self.rx.overruns, device_underruns=self.tx.underruns,
                        callback_failures=self.callback_failures, rx_fill=self.rx.fill,
-                       tx_fill=self.tx.fill, rx_ppm=round(self._dc_in.ppm, 1),
+                       tx_fill=self.tx.fill, rx_floor=self._rx_floor.floor,
+                       tx_floor=self._tx_floor.floor, rx_hold=self._dc_in.setpoint,
+                       tx_hold=self._dc_out.setpoint, rx_levelled=self._rx_level.levellings,
+                       tx_levelled=self._tx_level.levellings, rx_ppm=round(self._dc_in.ppm, 1),
                        tx_ppm=round(self._dc_out.ppm, 1))
 
     def poll_faults(self) -> list[tuple[str, str]]:
