@@ -8,13 +8,13 @@ Threads and data path::
     outdata <--copy-- tx Ring  <---------  StreamResampler engine->dev (drift-corrected)
     supervisor thread: watches the stream, reopens a lost device with back-off
 
-Each ring has a :class:`~brug.codecs.resample.DriftController` holding the ring's *floor* (its
-lowest fill over :data:`FLOOR_WINDOW_MS`) at a small cushion, so the two crystals (card and
-engine clock) may differ by up to ``max_ppm`` without a ring ever running dry or full.
-PulseAudio moves audio in bursts of several callbacks; a ring held at its average fill has
-its lowest point half a burst below the set point (and runs dry when the cushion is smaller
-than that), a ring held at its floor keeps the whole cushion at its lowest point and no more
-buffering than the bursts need.
+PulseAudio moves audio in bursts of several callbacks, so a ring's fill saw-tooths by a burst.
+Each ring keeps a small *cushion* at its lowest point with the bursts on top: after a start it
+is levelled (:class:`Leveller`: its floor moved to the cushion, then its average fill measured)
+and a :class:`~brug.codecs.resample.DriftController` holds that average, so the two crystals
+(card and engine clock) may differ by up to ``max_ppm`` without a ring ever running dry or
+full. A fixed average set point, as before, has the lowest point half a burst below it: small
+set points ran dry on every burst, safe ones added latency the bursts did not need.
 """
 
 from __future__ import annotations
@@ -56,14 +56,14 @@ TRIM_MARGIN_MS = 5.0
 #: syllable).
 TRIM_AFTER_SILENT = 2
 #: A ring's floor is its lowest fill over the current and the previous window of this length,
-#: ms: what the drift loop holds at the cushion and the silence trim compares with it. Long
-#: enough to hold PulseAudio's occasional larger bursts (a 250 ms window let the trim leave
-#: too little for them: the engine found the receive ring short), short enough for the loop
-#: (30 s time constant) to follow.
+#: ms, which the silence trim compares with the cushion. Long enough to hold PulseAudio's
+#: occasional larger bursts (a 250 ms window let the trim leave too little for them: the
+#: engine found the receive ring short).
 FLOOR_WINDOW_MS = 2000.0
-#: Drift loop time constants, s: fast for DRIFT_ACQUIRE_S after a start, reset or reopen (the
-#: cards' crystals are a few hundred ppm off the engine's clock: a 30 s loop would let a
-#: few-ms cushion run dry before it caught up), then slow (a smooth ratio).
+#: Drift loop time constant, s, and its acquisition phase (see DriftController; off). A loop
+#: acquiring on 5-15 s swung by hundreds of ppm on the rings' burst noise, which smears a
+#: 250 ms window of speech enough to drop its correlation below 0.9; the 30 s loop lets a
+#: 250-300 ppm crystal offset take up to 3 ms of the cushion before it has caught up.
 DRIFT_TIME_CONSTANT_S = 30.0
 DRIFT_ACQUIRE_S = 0.0
 DRIFT_ACQUIRE_TIME_CONSTANT_S = 15.0
@@ -210,10 +210,9 @@ class SoundCardPort(Port):
         with a 12 ms transmit set point, dropped out in the 20 s wire test on a loaded
         machine; 0.005 s makes the plugin underrun.
     rx_setpoint_ms, tx_setpoint_ms:
-        Cushion of the receive/transmit rings in ms: the fill their drift loops hold at each
-        ring's floor (lowest fill over :data:`FLOOR_WINDOW_MS`); the bursts PulseAudio moves
-        audio in come on top. The card that clocks the engine needs no receive cushion
-        (:meth:`attach_clock`).
+        Cushion of the receive/transmit rings in ms: the fill each ring keeps at its lowest
+        point; the bursts PulseAudio moves audio in come on top (:class:`Leveller`). The card
+        that clocks the engine needs no receive cushion (:meth:`attach_clock`).
     max_ppm:
         Largest drift correction, ppm.
     quality:
@@ -303,7 +302,7 @@ class SoundCardPort(Port):
         self._rs_in = StreamResampler(self.rate_hz, self.engine_rate, 1, quality=self.quality)
         self._rs_out = StreamResampler(self.engine_rate, self.rate_hz, 1, quality=self.quality)
         period_dev = max(1, int(round(block * self.rate_hz / engine_rate)))
-        # the loops see the rings' floors, which hold still between PulseAudio's bursts
+        # the set points are the levelled rings' averages (Leveller), set when measured
         self._dc_in, self._dc_out = (
             DriftController(setpoint, self.rate_hz, self.max_ppm, period_samples=period_dev,
                             time_constant_s=DRIFT_TIME_CONSTANT_S, acquire_s=DRIFT_ACQUIRE_S,
