@@ -289,9 +289,11 @@ class SoundCardPort(Port):
             self._rx_reset = True
 
     def _set_latency(self) -> None:
-        """Receive-side delay (resampler plus rx set point), engine samples."""
+        """Receive-side delay (resampler plus the receive ring's average fill: its held set
+        point once levelled; nothing on a clock card), engine samples."""
+        ring = self.rx_setpoint if self._wake is not None else self._dc_in.setpoint
         self.latency_samples = int(round(
-            self._rs_in.delay_samples + self.rx_setpoint * self.engine_rate / self.rate_hz))
+            self._rs_in.delay_samples + ring * self.engine_rate / self.rate_hz))
 
     # -- lifecycle ------------------------------------------------------------------------
     def start(self, engine_rate: int, block: int) -> None:
@@ -451,6 +453,7 @@ class SoundCardPort(Port):
             if self._rx_level.done:
                 self._dc_in.setpoint = self._rx_level.setpoint
                 self._dc_in.reset(settled=True)
+                self._set_latency()
             self._sync_stats()
             return
         for _ in range(TRIM_MAX_BLOCKS):
