@@ -80,7 +80,12 @@ ports:
 
 def test_buffers_reach_the_sound_card_port() -> None:
     """A site may trade margin for delay per card; what it sets is what the port opens."""
-    from brug.gateway.ports.soundcard import SoundCardPort
+    from brug.gateway.ports.soundcard import (
+        DEFAULT_LATENCY_S,
+        DEFAULT_RX_MS,
+        DEFAULT_TX_MS,
+        SoundCardPort,
+    )
 
     site = parse_site_text("""
 ports:
@@ -89,10 +94,11 @@ ports:
   c: {device: z}
 """, "site.yaml")
     a = SoundCardPort("a", 0, 0, **site.ports["a"].buffers)
-    assert (a.latency, a.tx_setpoint, a.rx_setpoint) == (0.01, 12 * 48, 15 * 48)
+    # what a port does not set keeps the port's default
+    assert (a.latency, a.tx_setpoint, a.rx_setpoint) == (0.01, 12 * 48, DEFAULT_RX_MS * 48)
     assert SoundCardPort("b", 0, 0, **site.ports["b"].buffers).rx_setpoint == 20 * 48
     c = SoundCardPort("c", 0, 0, **site.ports["c"].buffers)
-    assert (c.latency, c.tx_setpoint) == (0.015, 15 * 48)
+    assert (c.latency, c.tx_setpoint) == (DEFAULT_LATENCY_S, DEFAULT_TX_MS * 48)
 
 
 BAD = [
