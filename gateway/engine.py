@@ -173,12 +173,6 @@ RX_SETTLE_MS = 400.0
 #: engine ticks on the monotonic clock instead, s. PulseAudio delivers capture in bursts of
 #: up to about 20 ms, so the grace is longer than that.
 CLOCK_GRACE_S = 0.03
-#: The ports are told the engine's clock changed (:meth:`Port.retime`: sound cards level their
-#: rings again) once the new clock has held this long, s. A clock card that is late once and
-#: back within the second leaves the ticks in its own pattern, and levelling then would only
-#: move audio inside an over (measured: 3 such misses in a 10-minute run, each levelling
-#: every ring twice, went with 12 glitching windows against 1 in a run without misses).
-RETIME_AFTER_S = 1.0
 
 
 def build_filters(filters: Mapping[str, Any], rate_hz: int) -> tuple[Chain | None, Chain | None,
@@ -701,8 +695,7 @@ class Engine:
         last = deadline
         wake = self._wake
         self.on_wall_clock = True     # until the clock card delivers its first block
-        state, since = True, time.monotonic()   # the clock ticking now, and since when
-        settled: bool | None = None     # the clock the ports' rings were last levelled for
+        was_on_wall_clock = True
         try:
             while not stop.is_set():
                 clock = self._clock       # commands between ticks may replace the card
@@ -730,14 +723,10 @@ class Engine:
                     deadline += period
                 if stop.is_set():
                     break
-                now = time.monotonic()
-                if self.on_wall_clock != state:
-                    state, since = self.on_wall_clock, now
-                elif state != settled and now - since >= RETIME_AFTER_S:
-                    if settled is not None:     # (the ports level themselves at start)
-                        for p in self._rows:
-                            p.port.retime()
-                    settled = state
+                if self.on_wall_clock != was_on_wall_clock:
+                    was_on_wall_clock = self.on_wall_clock
+                    for p in self._rows:
+                        p.port.retime()
                 self.tick()
                 last = time.monotonic()
         finally:
