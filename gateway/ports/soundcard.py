@@ -60,13 +60,11 @@ TRIM_AFTER_SILENT = 2
 #: occasional larger bursts (a 250 ms window let the trim leave too little for them: the
 #: engine found the receive ring short).
 FLOOR_WINDOW_MS = 2000.0
-#: Drift loop time constant, s, and its acquisition phase (see DriftController; off). A loop
-#: acquiring on 5-15 s swung by hundreds of ppm on the rings' burst noise, which smears a
-#: 250 ms window of speech enough to drop its correlation below 0.9; the 30 s loop lets a
-#: 250-300 ppm crystal offset take up to 3 ms of the cushion before it has caught up.
+#: Drift loop time constant, s, with no acquisition phase (DriftController's ``acquire_s``).
+#: A loop acquiring on 5-15 s swung by hundreds of ppm on the rings' burst noise, which
+#: smears a 250 ms window of speech enough to drop its correlation below 0.9; the 30 s loop
+#: lets a 250-300 ppm crystal offset take up to 3 ms of the cushion before it has caught up.
 DRIFT_TIME_CONSTANT_S = 30.0
-DRIFT_ACQUIRE_S = 0.0
-DRIFT_ACQUIRE_TIME_CONSTANT_S = 15.0
 #: A ring is primed this many device callbacks above its cushion (its first burst may come
 #: late), then levelled (:class:`Leveller`): LEVEL_SKIP_MS after priming (a capture stream
 #: delivers irregularly while it starts: its first burst runs ahead and the fill sinks for
@@ -221,7 +219,7 @@ class SoundCardPort(Port):
     Notes
     -----
     Latency after a stall: when the floor of a ring's fill (its lowest value over
-    :data:`FLOOR_WINDOW_MS`) stays above its set point (the engine or the server stalled, or a
+    :data:`FLOOR_WINDOW_MS`) stays above its cushion (the engine or the server stalled, or a
     device ran slow for a while), the port drops *silent* blocks (below :data:`TRIM_SILENCE_DBFS`)
     until the fill is back, counted in ``stats.extra["rx_trimmed"]`` / ``["tx_trimmed"]``
     (samples). Only a ring more than 60 ms above its set point is trimmed whatever it holds
@@ -307,8 +305,7 @@ class SoundCardPort(Port):
         # the set points are the levelled rings' averages (Leveller), set when measured
         self._dc_in, self._dc_out = (
             DriftController(setpoint, self.rate_hz, self.max_ppm, period_samples=period_dev,
-                            time_constant_s=DRIFT_TIME_CONSTANT_S, acquire_s=DRIFT_ACQUIRE_S,
-                            acquire_time_constant_s=DRIFT_ACQUIRE_TIME_CONSTANT_S)
+                            time_constant_s=DRIFT_TIME_CONSTANT_S)
             for setpoint in (self.rx_setpoint, self.tx_setpoint))
         self._burst = PRIME_BURST_CALLBACKS * self.blocksize
         # device samples pulled from the rx ring per resampler call (one engine block's worth)
@@ -443,16 +440,12 @@ class SoundCardPort(Port):
         self._fifo.read_into(out)
         floor = self._rx_floor.update(self.rx.fill)
         if not clock and not self._rx_level.done:
-            step = self._rx_level.update(self.rx.fill)
+            step = self._level(self._rx_level, self._rx_floor, self._dc_in, self.rx.fill)
             if step > 0:
                 self.rx.discard(step)
             elif step < 0:
                 self._rx_hold = -step
-            if step:
-                self._rx_floor.shift(-step)
             if self._rx_level.done:
-                self._dc_in.setpoint = self._rx_level.setpoint
-                self._dc_in.reset(settled=True)
                 self._set_latency()
             self._sync_stats()
             return
@@ -473,6 +466,19 @@ class SoundCardPort(Port):
         if not clock:
             self._rs_in.set_correction_ppm(self._dc_in.update(self.rx.fill))
         self._sync_stats()
+
+    @staticmethod
+    def _level(level: Leveller, floor: FloorTracker, loop: DriftController, fill: int) -> int:
+        """Feed one fill to a ring's leveller; return the move the caller makes on the ring
+        (samples: positive drop, negative add). The floor tracker follows the move, and
+        once levelled the drift loop takes the measured average as its set point."""
+        step = level.update(fill)
+        if step:
+            floor.shift(-step)
+        if level.done:
+            loop.setpoint = level.setpoint
+            loop.reset(settled=True)
+        return step
 
     def retime(self) -> None:
         """Level both rings again: the engine's ticks now come in another pattern (on the
@@ -526,15 +532,10 @@ class SoundCardPort(Port):
         floor = self._tx_floor.update(fill)
         levelling = not self._tx_level.done
         if levelling and not self._tx_drop:
-            step = self._tx_level.update(fill)
+            step = self._level(self._tx_level, self._tx_floor, self._dc_out, fill)
             if step < 0:
                 self.tx.write_zeros(-step)
             self._tx_drop = max(0, step)
-            if step:
-                self._tx_floor.shift(-step)
-            if self._tx_level.done:
-                self._dc_out.setpoint = self._tx_level.setpoint
-                self._dc_out.reset(settled=True)
         if self._tx_drop > 0:       # levelling down: leave out what the ring holds too much
             k = min(self._tx_drop, len(y))
             self._tx_drop -= k
