@@ -317,15 +317,22 @@ class DriftController:
         self._out = out
         return out
 
-    def reset(self, settled: bool = False) -> None:
+    def reset(self, settled: bool = False, keep_rate: bool = False) -> None:
         """Clear state (integrator, filtered fill); keep parameters.
 
         ``settled``: the ring is known to sit at its set point on average (it was just
         levelled), so the fill filter starts there; otherwise it starts from the first fill
-        fed, which on a ring written in bursts may be a burst away from the average."""
+        fed, which on a ring written in bursts may be a burst away from the average.
+        ``keep_rate``: keep the integral term, the clock offset the loop has learned (the
+        ring was moved, the two clocks were not); the proportional term starts from zero.
+        Forgetting it on every levelling let each one drift the fill by the whole offset
+        again (a 240 ppm card took 130 samples of a 240-sample cushion each time)."""
         self._fill = float(self.setpoint)
         self._fill_init = settled
-        self._integ = 0.0
-        self._out = 0.0
+        if keep_rate:
+            self._out = -self._ki * self._integ
+        else:
+            self._integ = 0.0
+            self._out = 0.0
         self._updates = 0
         self._shift(self._acquire if self._acquire_updates else self._track)

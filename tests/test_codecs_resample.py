@@ -241,7 +241,7 @@ def _worst_excursion(ctl: DriftController, offset_ppm: float, seconds: float) ->
     """Fill model (as above) with a card ``offset_ppm`` fast: the largest distance of the fill
     from the set point, samples."""
     rate, tick = 48000, 0.005
-    acc, fill, ppm, worst = 0.0, float(ctl.setpoint), 0.0, 0.0
+    acc, fill, ppm, worst = 0.0, float(ctl.setpoint), ctl.ppm, 0.0
     for _ in range(int(seconds / tick)):
         acc += rate * tick * (1 + offset_ppm * 1e-6) * (1 + ppm * 1e-6) - rate * tick
         step = int(acc)
@@ -250,6 +250,20 @@ def _worst_excursion(ctl: DriftController, offset_ppm: float, seconds: float) ->
         worst = max(worst, abs(fill - ctl.setpoint))
         ppm = ctl.update(int(fill))
     return worst
+
+
+def test_a_levelled_ring_keeps_the_clock_offset_learned() -> None:
+    """A ring levelled again (moved to its set point: the port's Leveller) with the loop told
+    to keep its rate does not drift off by the card's whole offset a second time; a reset
+    that forgets it (the engine changed clock) does."""
+    ctl = DriftController(144, 48000, period_samples=240, time_constant_s=30.0)
+    assert _worst_excursion(ctl, 280.0, 180.0) > 48 * 2.5     # learning the offset costs 3 ms
+    ctl.reset(settled=True, keep_rate=True)
+    assert ctl.ppm == pytest.approx(-280.0, abs=15.0)
+    assert _worst_excursion(ctl, 280.0, 60.0) < 48 * 0.5
+    ctl.reset(settled=True)
+    assert ctl.ppm == 0.0
+    assert _worst_excursion(ctl, 280.0, 60.0) > 48 * 2.5
 
 
 def test_acquisition_phase_keeps_a_thin_cushion() -> None:
