@@ -33,7 +33,7 @@ from brug.gateway.ring import Ring
 
 #: Default suggested PortAudio latency, s, and ring cushions, ms (site file ``buffers``).
 DEFAULT_LATENCY_S = 0.015
-DEFAULT_RX_MS = 5.0
+DEFAULT_RX_MS = 10.0
 DEFAULT_TX_MS = 5.0
 #: Seconds between reopen attempts after a device is lost (the last value repeats).
 BACKOFF_S: tuple[float, ...] = (0.05, 0.5, 1.0, 2.0, 4.0, 8.0, 10.0)
@@ -77,6 +77,11 @@ PRIME_BURST_CALLBACKS = 4
 LEVEL_SKIP_MS = 250.0
 LEVEL_MEASURE_MS = 500.0
 LEVEL_AVERAGE_MS = 1000.0
+#: A ring that runs short once it is levelled grows its cushion by what it lacked (at least
+#: one engine block on receive, one device callback on transmit) and levels again, up to this
+#: many ms: the path's bursts were larger than the cushion allowed for, and would be again
+#: (an adaptive jitter buffer: grows at once, never shrinks while the port runs).
+CUSHION_MAX_MS = 30.0
 #: Receive set point of the card that clocks the engine, ms: the engine ticks as soon as
 #: this card's capture holds a block, so nothing needs to wait in its ring (see
 #: :meth:`SoundCardPort.attach_clock`).
@@ -263,6 +268,9 @@ class SoundCardPort(Port):
         self.out_callbacks = 0
         self.callback_failures = 0
         self.cb_flags = 0
+        # callbacks that came with a PortAudio status flag: the platform's own xruns
+        self.in_xruns = 0
+        self.out_xruns = 0
         self._primed = False
         self._tx_primed = False
         self._rx_reset = False
@@ -361,6 +369,7 @@ class SoundCardPort(Port):
             self.callbacks += 1
             if status:
                 self.cb_flags |= status._flags
+                self.in_xruns += 1
             self.rx.write(indata[:, self.channel])
             if self._wake is not None:
                 self._wake.set()
@@ -373,6 +382,7 @@ class SoundCardPort(Port):
             self.out_callbacks += 1
             if status:
                 self.cb_flags |= status._flags
+                self.out_xruns += 1
             if self.channels > 1:
                 outdata.fill(0)
             self.tx.read_into(outdata[:, self.channel])
@@ -436,6 +446,9 @@ class SoundCardPort(Port):
         if self._fifo.fill < n:
             self.stats.underruns += 1
             if not clock and self._rx_level.done:    # the bursts outgrew the cushion
+                short = (n - self._fifo.fill) * self.rate_hz // self.engine_rate
+                self.rx_setpoint = self._grow("rx", self.rx_setpoint, max(short, self._pull))
+                self._rx_level.cushion = self.rx_setpoint
                 self._rx_level.restart(skip=False)
         self._fifo.read_into(out)
         floor = self._rx_floor.update(self.rx.fill)
@@ -467,6 +480,16 @@ class SoundCardPort(Port):
             self._rs_in.set_correction_ppm(self._dc_in.update(self.rx.fill))
         self._sync_stats()
 
+    def _grow(self, ring: str, cushion: int, by: int) -> int:
+        """A ring's cushion after it ran short by ``by`` device samples: larger by that much,
+        up to :data:`CUSHION_MAX_MS`; the change is reported as a fault (engine thread, rare:
+        allocates one message)."""
+        grown = min(cushion + by, int(CUSHION_MAX_MS * self.rate_hz / 1000))
+        if grown > cushion:
+            self._faults.append(("cushion_raised", f"{self.name}: {ring} cushion "
+                                 f"{1000 * grown / self.rate_hz:.1f} ms after running short"))
+        return grown
+
     @staticmethod
     def _level(level: Leveller, floor: FloorTracker, loop: DriftController, fill: int) -> int:
         """Feed one fill to a ring's leveller; return the move the caller makes on the ring
@@ -477,7 +500,7 @@ class SoundCardPort(Port):
             floor.shift(-step)
         if level.done:
             loop.setpoint = level.setpoint
-            loop.reset(settled=True)
+            loop.reset(settled=True, keep_rate=True)
         return step
 
     def retime(self) -> None:
@@ -486,6 +509,9 @@ class SoundCardPort(Port):
         self._rx_level.restart()
         self._tx_level.restart()
         self._tx_drop = 0
+        # the ring's clock offset is now against another clock: learn it again
+        self._dc_in.reset()
+        self._dc_out.reset()
 
     def _silent(self, x: Block) -> bool:
         """Is ``x`` below the trim level (:data:`TRIM_SILENCE_DBFS`)?"""
@@ -524,7 +550,9 @@ class SoundCardPort(Port):
             if self.tx.fill < self.tx_setpoint // 2:
                 self.tx.write_zeros(self.tx_setpoint + self._burst - self.tx.fill)
                 self.stats.extra["tx_reprimes"] = self.stats.extra.get("tx_reprimes", 0) + 1
-                # the bursts outgrew the cushion: level again
+                # the bursts outgrew the cushion: grow it, and level again
+                self.tx_setpoint = self._grow("tx", self.tx_setpoint, self.blocksize)
+                self._tx_level.cushion = self.tx_setpoint
                 self._tx_level.restart(skip=False)
                 self._tx_drop = 0
                 self._tx_floor.reset()
@@ -564,11 +592,13 @@ class SoundCardPort(Port):
         s = self.stats
         s.status_flags = self.cb_flags
         s.extra.update(device_overruns=self.rx.overruns, device_underruns=self.tx.underruns,
-                       callback_failures=self.callback_failures, rx_fill=self.rx.fill,
+                       callback_failures=self.callback_failures, in_xruns=self.in_xruns,
+                       out_xruns=self.out_xruns, rx_fill=self.rx.fill,
                        tx_fill=self.tx.fill, rx_floor=self._rx_floor.floor,
                        tx_floor=self._tx_floor.floor, rx_hold=self._dc_in.setpoint,
                        tx_hold=self._dc_out.setpoint, rx_levelled=self._rx_level.levellings,
-                       tx_levelled=self._tx_level.levellings, rx_ppm=round(self._dc_in.ppm, 1),
+                       tx_levelled=self._tx_level.levellings, rx_cushion=self.rx_setpoint,
+                       tx_cushion=self.tx_setpoint, rx_ppm=round(self._dc_in.ppm, 1),
                        tx_ppm=round(self._dc_out.ppm, 1))
 
     def poll_faults(self) -> list[tuple[str, str]]:
