@@ -189,6 +189,11 @@ class Player:
         self._stream.close()
 
 
+#: Callbacks of :func:`playrec`'s own two streams that came with a PortAudio status flag (an
+#: xrun of the harness, not of what it measures), summed over every call in this process.
+HARNESS_XRUNS = [0]
+
+
 def playrec(play: str, rec: str, x: npt.ArrayLike, fs: int, tail_s: float = 0.5,
             blocksize: int = 240, latency: float = 0.02, lead_s: float = 0.02) -> Audio:
     """Play ``x`` on device ``play`` while recording device ``rec``; return the recording
@@ -199,7 +204,9 @@ def playrec(play: str, rec: str, x: npt.ArrayLike, fs: int, tail_s: float = 0.5,
     Two streams, not one duplex stream: PortAudio's ALSA duplex path gives up (the recording
     breaks off or repeats) when the PulseAudio plugin reports an error on one direction. The
     streams share PortAudio's clock, so the ADC/DAC times of their first buffers align them
-    to within a few ms.
+    to within a few ms. A callback of either that comes with a status flag (the harness
+    itself glitched: a gap in what it played, or in what it recorded) counts in
+    :data:`HARNESS_XRUNS`.
     """
     import sounddevice as sd
 
@@ -216,6 +223,8 @@ def playrec(play: str, rec: str, x: npt.ArrayLike, fs: int, tail_s: float = 0.5,
 
     def out_cb(outdata: npt.NDArray[np.float32], frames: int, t: object,
                status: object) -> None:
+        if status:
+            HARNESS_XRUNS[0] += 1
         if Clock.dac0 is None:
             Clock.dac0 = float(t.outputBufferDacTime)  # type: ignore[attr-defined]
         chunk = sig[Clock.pos:Clock.pos + frames]
@@ -226,6 +235,8 @@ def playrec(play: str, rec: str, x: npt.ArrayLike, fs: int, tail_s: float = 0.5,
             done.set()
 
     def in_cb(indata: npt.NDArray[np.float32], frames: int, t: object, status: object) -> None:
+        if status:
+            HARNESS_XRUNS[0] += 1
         if Clock.adc0 is None:
             Clock.adc0 = float(t.inputBufferAdcTime)  # type: ignore[attr-defined]
         k = min(frames, len(got) - Clock.written)
