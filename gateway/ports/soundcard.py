@@ -447,9 +447,7 @@ class SoundCardPort(Port):
             self.stats.underruns += 1
             if not clock and self._rx_level.done:    # the bursts outgrew the cushion
                 short = (n - self._fifo.fill) * self.rate_hz // self.engine_rate
-                self.rx_setpoint = self._grow("rx", self.rx_setpoint, max(short, self._pull))
-                self._rx_level.cushion = self.rx_setpoint
-                self._rx_level.restart(skip=False)
+                self.rx_setpoint = self._grow("rx", self._rx_level, max(short, self._pull))
         self._fifo.read_into(out)
         floor = self._rx_floor.update(self.rx.fill)
         if not clock and not self._rx_level.done:
@@ -480,15 +478,19 @@ class SoundCardPort(Port):
             self._rs_in.set_correction_ppm(self._dc_in.update(self.rx.fill))
         self._sync_stats()
 
-    def _grow(self, ring: str, cushion: int, by: int) -> int:
-        """A ring's cushion after it ran short by ``by`` device samples: larger by that much,
-        up to :data:`CUSHION_MAX_MS`; the change is reported as a fault (engine thread, rare:
-        allocates one message)."""
-        grown = min(cushion + by, int(CUSHION_MAX_MS * self.rate_hz / 1000))
-        if grown > cushion:
+    def _grow(self, ring: str, level: Leveller, by: int) -> int:
+        """A ring ran short by ``by`` device samples: its leveller's cushion grows by that
+        much, up to :data:`CUSHION_MAX_MS`, and it levels again at once; returns the new
+        cushion. A change is reported as a fault (engine thread, rare: allocates one
+        message)."""
+        cushion = level.cushion
+        level.cushion = min(cushion + by, int(CUSHION_MAX_MS * self.rate_hz / 1000))
+        if level.cushion > cushion:
             self._faults.append(("cushion_raised", f"{self.name}: {ring} cushion "
-                                 f"{1000 * grown / self.rate_hz:.1f} ms after running short"))
-        return grown
+                                 f"{1000 * level.cushion / self.rate_hz:.1f} ms after "
+                                 "running short"))
+        level.restart(skip=False)
+        return level.cushion
 
     @staticmethod
     def _level(level: Leveller, floor: FloorTracker, loop: DriftController, fill: int) -> int:
@@ -551,9 +553,7 @@ class SoundCardPort(Port):
                 self.tx.write_zeros(self.tx_setpoint + self._burst - self.tx.fill)
                 self.stats.extra["tx_reprimes"] = self.stats.extra.get("tx_reprimes", 0) + 1
                 # the bursts outgrew the cushion: grow it, and level again
-                self.tx_setpoint = self._grow("tx", self.tx_setpoint, self.blocksize)
-                self._tx_level.cushion = self.tx_setpoint
-                self._tx_level.restart(skip=False)
+                self.tx_setpoint = self._grow("tx", self._tx_level, self.blocksize)
                 self._tx_drop = 0
                 self._tx_floor.reset()
         fill = self.tx.fill                  # before this write: the ring at its lowest
