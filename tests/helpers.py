@@ -12,7 +12,7 @@ import os
 import subprocess
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -270,22 +270,34 @@ def playrec(play: str, rec: str, x: npt.ArrayLike, fs: int, tail_s: float = 0.5,
     return np.asarray(out, np.float32)
 
 
+def aligned_windows(ref: npt.ArrayLike, rec: npt.ArrayLike, at: int, fs: int = 48000,
+                    track: bool = False) -> Iterator[tuple[Audio, Audio, int, bool]]:
+    """Each 250 ms window of ``ref`` with the part of ``rec`` it came out in (from sample
+    ``at``), aligned within 10 ms: (window, that part of ``rec``, the window's lag in it,
+    whether the window carries signal). ``track``: each window is looked for within 10 ms of
+    where the last window with signal was found rather than of ``at``, so a one-off step of
+    the path's delay (a platform xrun refills a device buffer) costs the window it falls in,
+    not every window after it."""
+    ref = np.asarray(ref, np.float32)
+    rec = np.asarray(rec, np.float32)
+    w, slack = fs // 4, fs // 100
+    for i in range(0, len(ref) - w, w):
+        part = ref[i:i + w]
+        voiced = bool(np.sqrt(np.mean(part ** 2)) >= 1e-3)
+        a = max(0, at + i - slack)
+        win = rec[a:a + w + 2 * slack]
+        d = xcorr_delay(part, win, fs, max_delay_s=2 * slack / fs)
+        yield part, win, d, voiced
+        if track and voiced:
+            at = a + d - i
+
+
 def windowed_corr(ref: npt.ArrayLike, rec: npt.ArrayLike, at: int, fs: int = 48000) -> float:
     """Median normalised correlation of ``ref``'s 250 ms windows with ``rec`` from sample
     ``at``, each window aligned on its own within 10 ms: how well speech came through a path
     whose delay may move by a block now and then (a skipped silent block, an xrun)."""
-    ref = np.asarray(ref, np.float32)
-    rec = np.asarray(rec, np.float32)
-    w, slack = fs // 4, fs // 100
-    corrs = []
-    for i in range(0, len(ref) - w, w):
-        part = ref[i:i + w]
-        if np.sqrt(np.mean(part ** 2)) < 1e-3:
-            continue
-        a = max(0, at + i - slack)
-        win = rec[a:a + w + 2 * slack]
-        d = xcorr_delay(part, win, fs, max_delay_s=2 * slack / fs)
-        corrs.append(xcorr_peak(part, win, d))
+    corrs = [xcorr_peak(part, win, d)
+             for part, win, d, voiced in aligned_windows(ref, rec, at, fs) if voiced]
     return float(np.median(corrs)) if corrs else 0.0
 
 

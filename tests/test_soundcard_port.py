@@ -77,22 +77,13 @@ def _speech(seconds: float) -> np.ndarray:
 
 
 def _tracked_windows(ref: np.ndarray, got: np.ndarray, lag: int) -> tuple[list[float], int]:
-    """Correlation of each 250 ms window of ``ref`` with ``got``, and the dropouts in them.
-
-    Each window is aligned within 10 ms of where the window before it was found (starting at
-    ``lag``), so a one-off step of the path's delay (a platform xrun refills a device buffer)
-    costs the window it falls in, not every window after it."""
-    peaks, drops, w, slack = [], 0, FS // 4, FS // 100
-    at = lag
-    for i in range(0, len(ref) - w, w):
-        seg = ref[i:i + w]
-        lo = max(0, i + at - slack)
-        win = got[lo:i + at + w + slack]
-        d = xcorr_delay(seg, win, FS, max_delay_s=2 * slack / FS)
-        if np.sqrt(np.mean(seg ** 2)) > 1e-3:
-            peaks.append(xcorr_peak(seg, win, d))
-            at = lo + d - i
-        drops += dropouts(win, FS, seg, d)
+    """Correlation of each 250 ms window of ``ref`` with ``got`` and the dropouts in them, each
+    window aligned on the one before (:func:`helpers.aligned_windows` with ``track``)."""
+    peaks, drops = [], 0
+    for part, win, d, voiced in helpers.aligned_windows(ref, got, lag, FS, track=True):
+        if voiced:
+            peaks.append(xcorr_peak(part, win, d))
+        drops += dropouts(win, FS, part, d)
     return peaks, drops
 
 
