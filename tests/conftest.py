@@ -28,7 +28,8 @@ recorded from ``air_tx`` (see docs/soundcards.md). Devices are named, so pass th
   PortAudio's ALSA plugin path run on an ordinary scheduler on shared 2-core machines and now
   and then lose a buffer the gateway never saw (the ports' counters say so in the failure).
   A real defect fails all four runs; ``-p no:rerunfailures`` shows every failure; the
-  summary (``-rR``) names the tests that needed a rerun.
+  summary (``-rR``) names the tests that needed a rerun and why each attempt failed (the
+  plugin's ``--rerun-show-tracebacks``, switched on here).
 """
 
 from __future__ import annotations
@@ -105,8 +106,15 @@ def soundcards(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VirtualCard
                 os.environ[k] = v
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Show why each rerun attempt failed, so a CI log says whether a rerun was the platform
+    (the ports' xrun counters in the message) or the gateway."""
+    if config.pluginmanager.hasplugin("rerunfailures"):
+        config.option.rerun_show_tracebacks = True
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Tests on real PortAudio streams get up to two reruns (see the module docstring)."""
+    """Tests on real PortAudio streams get up to three reruns (see the module docstring)."""
     for item in items:
         if "soundcards" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.flaky(reruns=3, reruns_delay=1))
