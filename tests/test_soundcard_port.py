@@ -31,6 +31,8 @@ class Wire:
         self.faults: list[tuple[str, str]] = []
         self.stall = threading.Event()
         self.stall_s = 0.0
+        self.rush = threading.Event()
+        self.rush_blocks = 0
         self.thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
@@ -40,6 +42,11 @@ class Wire:
             if self.stall.is_set():               # the engine thread stops for a while
                 self.stall.clear()
                 time.sleep(self.stall_s)
+            if self.rush.is_set():     # capture came late: reads find the rings short
+                self.rush.clear()
+                for _ in range(self.rush_blocks):
+                    for p in self.ports:
+                        p.read(buf)
             for p in self.ports:
                 p.read(buf)
                 p.write(buf)
@@ -169,6 +176,49 @@ def test_an_engine_stall_leaves_no_latency_behind(soundcards: VirtualCards) -> N
     print(f"\nburst delays before / after the stall: {[round(d, 1) for d in delays]} ms; "
           f"stats {port.stats.as_dict()}")
     assert delays[2] - delays[0] < 25.0, "the stall left latency behind"
+
+
+def test_a_cushion_grown_by_a_hiccup_is_given_back_in_the_pauses(
+        soundcards: VirtualCards) -> None:
+    """Capture comes 30 ms late once: the receive ring runs short and its cushion grows
+    (the delay with it). After ``shrink_after_s`` without running short again the cushion
+    comes back one block at a time, in the pauses between bursts of speech: the delay is back
+    where it started and the speech after it is intact."""
+    c = soundcards.up("gb")["gb"]
+    burst = load_wav("engine_ps_goforward_48k.wav", FS)[0][:FS // 2]
+    gap = np.zeros(FS, np.float32)
+    x = np.concatenate([gap] + [burst, gap] * 7)
+    starts = [FS + i * (len(burst) + FS) for i in range(7)]
+    port = SoundCardPort("gb", c.input, c.output, rate_hz=FS, shrink_after_s=0.5)
+    base = port.rx_setpoint
+    with Wire(port) as w:
+        time.sleep(2.0)         # both rings levelled: the first burst is the port's own delay
+        w.rush_blocks = 6
+        held: list[int] = []    # the receive cushion just before the rush
+
+        def rush() -> None:
+            held.append(port.rx_setpoint)
+            w.rush.set()
+
+        threading.Timer(2.3, rush).start()     # in the pause after the first burst
+        y = playrec(c.air_rx, c.air_tx, x)
+    delays, peaks = [], []
+    for s0 in starts:
+        seg = x[s0 - FS // 10:s0 + len(burst)]
+        got = y[s0 - FS // 10:s0 + len(burst) + FS // 2]
+        d = xcorr_delay(seg, got, FS, max_delay_s=0.45)
+        delays.append(1000.0 * d / FS)
+        peaks.append(xcorr_peak(seg, got, d))
+    kinds = [k for k, _ in w.faults]
+    print(f"\nburst delays {[round(d, 1) for d in delays]} ms; correlation "
+          f"{[round(p, 3) for p in peaks]}; faults {w.faults}; stats {port.stats.as_dict()}")
+    assert "cushion_raised" in kinds, "the rush did not make the ring run short"
+    assert "cushion_lowered" in kinds
+    assert port.rx_setpoint == base, f"the grown cushion was not given back ({held})"
+    # (the platform moves the path's delay by a few ms either way: a grown cushion left in
+    # place adds a block on top of that for good)
+    assert delays[-1] < delays[0] + 5.0, "the hiccup left latency behind"
+    assert min(peaks[-3:]) > 0.95, "speech was cut while the cushion was given back"
 
 
 @isolated

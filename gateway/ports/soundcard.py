@@ -80,8 +80,13 @@ LEVEL_AVERAGE_MS = 1000.0
 #: A ring that runs short once it is levelled grows its cushion by what it lacked (at least
 #: one engine block on receive, one device callback on transmit) and levels again, up to this
 #: many ms: the path's bursts were larger than the cushion allowed for, and would be again
-#: (an adaptive jitter buffer: grows at once, never shrinks while the port runs).
+#: (an adaptive jitter buffer: grows at once, gives back slowly).
 CUSHION_MAX_MS = 30.0
+#: A grown cushion that has not run short for this long, s, gives back one step (an engine
+#: block on receive, a device callback on transmit), down to the configured cushion. The
+#: samples come out of the ring in pauses (silent blocks, as the stall trim drops them), so
+#: one platform hiccup costs latency for minutes, not for the rest of the run.
+SHRINK_AFTER_S = 60.0
 #: Receive set point of the card that clocks the engine, ms: the engine ticks as soon as
 #: this card's capture holds a block, so nothing needs to wait in its ring (see
 #: :meth:`SoundCardPort.attach_clock`).
@@ -218,6 +223,9 @@ class SoundCardPort(Port):
         that clocks the engine needs no receive cushion (:meth:`attach_clock`).
     max_ppm:
         Largest drift correction, ppm.
+    shrink_after_s:
+        A cushion grown after running short gives back one step after this long without
+        running short again, s (:data:`SHRINK_AFTER_S`).
     quality:
         libsamplerate converter (see :data:`brug.codecs.resample.QUALITIES`).
 
@@ -236,7 +244,8 @@ class SoundCardPort(Port):
                  rate_hz: int = 48000, channels: int = 1, channel: int = 0,
                  blocksize: int | None = None, latency: float | str = DEFAULT_LATENCY_S,
                  rx_setpoint_ms: float = DEFAULT_RX_MS, tx_setpoint_ms: float = DEFAULT_TX_MS,
-                 max_ppm: float = 1000.0, quality: str = "sinc_fastest") -> None:
+                 max_ppm: float = 1000.0, quality: str = "sinc_fastest",
+                 shrink_after_s: float = SHRINK_AFTER_S) -> None:
         super().__init__(name)
         if not 0 <= channel < channels:
             raise ValueError(f"port {name}: channel {channel} outside 0..{channels - 1}")
@@ -251,6 +260,9 @@ class SoundCardPort(Port):
         self._max_excess = int(0.06 * self.rate_hz)
         self.rx_setpoint = max(1, int(round(rx_setpoint_ms * self.rate_hz / 1000)))
         self.tx_setpoint = max(1, int(round(tx_setpoint_ms * self.rate_hz / 1000)))
+        # the configured cushions: a grown cushion gives back down to these
+        self._rx_base, self._tx_base = self.rx_setpoint, self.tx_setpoint
+        self.shrink_after_s = float(shrink_after_s)
         self.max_ppm = max_ppm
         self.quality = quality
         cap = 1 << 15  # 0.68 s at 48 kHz: far above the set points, bounded memory
@@ -290,6 +302,7 @@ class SoundCardPort(Port):
         """
         self._wake = wake
         self.rx_setpoint = max(0, int(round(CLOCK_RX_SETPOINT_MS * self.rate_hz / 1000)))
+        self._rx_base = self.rx_setpoint
         if self.engine_rate:
             self._set_latency()
             self._rx_reset = True
@@ -341,6 +354,11 @@ class SoundCardPort(Port):
         self._trim_dev = period_dev   # device samples one trimmed engine block takes off
         self._rx_hold = 0                        # device samples to let the rx ring gain
         self._tx_drop = 0                        # device samples to leave out of tx writes
+        # cushion give-back: engine ticks since each ring last ran short, and the device
+        # samples still to take out of it in pauses
+        self._shrink_ticks = max(1, int(round(self.shrink_after_s * engine_rate / block)))
+        self._rx_calm = self._tx_calm = 0
+        self._rx_shed = self._tx_shed = 0
         self._silence_ms2 = float(10.0 ** (TRIM_SILENCE_DBFS / 10.0))   # mean square
         self.stats.extra.setdefault("rx_trimmed", 0)
         self.stats.extra.setdefault("tx_trimmed", 0)
@@ -432,6 +450,7 @@ class SoundCardPort(Port):
             self._rx_level.cushion = self.rx_setpoint   # (a clock card holds none)
             self._rx_level.restart()
             self._rx_hold = 0
+            self._rx_calm = self._rx_shed = 0
         if self._rx_hold > 0:     # levelling up: leave the capture in the ring for a tick
             self._rx_hold -= self._pull
             out[:] = 0.0
@@ -445,6 +464,7 @@ class SoundCardPort(Port):
         self._fill_fifo(n)
         if self._fifo.fill < n:
             self.stats.underruns += 1
+            self._rx_calm = 0
             if not clock and self._rx_level.done:    # the bursts outgrew the cushion
                 short = (n - self._fifo.fill) * self.rate_hz // self.engine_rate
                 self.rx_setpoint = self._grow("rx", self._rx_level, max(short, self._pull))
@@ -471,9 +491,31 @@ class SoundCardPort(Port):
                 break
             self._fifo.read_into(out)
             self.stats.extra["rx_trimmed"] += n
+            self._rx_shed = max(0, self._rx_shed - self._trim_dev)   # (it sheds as well)
             # the ring sits lower for good now: the loop must not pull it back up
             self._dc_in.setpoint = max(self.rx_setpoint, self._dc_in.setpoint - self._trim_dev)
             floor = self._rx_floor.update(self.rx.fill)
+        self._rx_calm += 1
+        if self._rx_calm >= self._shrink_ticks and self.rx_setpoint > self._rx_base:
+            self.rx_setpoint, self._rx_shed = self._give_back(
+                "rx", self._rx_level, self._rx_base, self._pull, self._rx_shed)
+            self._rx_calm = 0
+        if self._rx_shed and self._rx_quiet > TRIM_AFTER_SILENT:
+            # a cushion given back leaves the ring in a pause (silence dropped, inaudible),
+            # the whole step, as levelling on the lower cushion would have moved it
+            k = min(self._rx_shed, self._pull, self.rx.fill - self.rx_setpoint)
+            if k > 0:
+                part = self._pull_buf[:k]
+                self.rx.read_into(part)
+                if self._silent(part):       # the pause goes on: these samples go
+                    self._rx_floor.shift(-k)
+                    self._dc_in.setpoint -= k
+                    self._rx_shed -= k
+                    self._set_latency()
+                else:                        # speech starts: it goes on, in order
+                    y = self._rs_in.process(part)
+                    if self._fifo.write(y) < len(y):
+                        self.stats.overruns += 1
         if not clock:
             self._rs_in.set_correction_ppm(self._dc_in.update(self.rx.fill))
         self._sync_stats()
@@ -490,7 +532,24 @@ class SoundCardPort(Port):
                                  f"{1000 * level.cushion / self.rate_hz:.1f} ms after "
                                  "running short"))
         level.restart(skip=False)
+        if ring == "rx":          # the levelling moves the ring at once: nothing left to shed
+            self._rx_shed = self._rx_calm = 0
+        else:
+            self._tx_shed = self._tx_calm = 0
         return level.cushion
+
+    def _give_back(self, ring: str, level: Leveller, base: int, step: int,
+                   shed: int) -> tuple[int, int]:
+        """A grown cushion ran calm for :attr:`shrink_after_s`: lower it by ``step`` device
+        samples, not below ``base``; return the new cushion and the samples now to shed from
+        the ring in pauses. Reported as the fault ``cushion_lowered`` (engine thread, rare:
+        allocates one message)."""
+        by = min(step, level.cushion - base)
+        level.cushion -= by
+        self._faults.append(("cushion_lowered", f"{self.name}: {ring} cushion "
+                             f"{1000 * level.cushion / self.rate_hz:.1f} ms after "
+                             f"{self.shrink_after_s:g} s without running short"))
+        return level.cushion, shed + by
 
     @staticmethod
     def _level(level: Leveller, floor: FloorTracker, loop: DriftController, fill: int) -> int:
@@ -511,6 +570,7 @@ class SoundCardPort(Port):
         self._rx_level.restart()
         self._tx_level.restart()
         self._tx_drop = 0
+        self._rx_shed = self._tx_shed = 0
         # the ring's clock offset is now against another clock: learn it again
         self._dc_in.reset()
         self._dc_out.reset()
@@ -537,6 +597,7 @@ class SoundCardPort(Port):
             self._tx_level.restart()
             self._tx_drop = 0
             self._tx_floor.reset()
+            self._tx_calm = self._tx_shed = 0
         elif self.tx.fill == 0 and self._tx_dry_at is None:
             # ran dry: the device has been playing zeros. If the engine stalled it catches up
             # at once, and what it writes then refills the ring; refilling now too would add
@@ -572,6 +633,11 @@ class SoundCardPort(Port):
             self.tx.write(y)
             return
         quiet = self._silent(y)
+        self._tx_calm += 1
+        if self._tx_calm >= self._shrink_ticks and self.tx_setpoint > self._tx_base:
+            self.tx_setpoint, self._tx_shed = self._give_back(
+                "tx", self._tx_level, self._tx_base, self.blocksize, self._tx_shed)
+            self._tx_calm = 0
         if self.tx.fill > self.tx_setpoint + self._max_excess:
             # the device fell behind (server starved): drop this block rather than let the
             # playback latency grow; counted as an overrun
@@ -579,10 +645,18 @@ class SoundCardPort(Port):
         elif quiet and self._tx_quiet >= TRIM_AFTER_SILENT and \
                 floor > self.tx_setpoint + self._trim_margin:
             self.stats.extra["tx_trimmed"] += len(y)   # latency left by a stall: drop silence
+            self._tx_shed = max(0, self._tx_shed - len(y))
             self._dc_out.setpoint = max(self.tx_setpoint, self._dc_out.setpoint - len(y))
             # the ring now holds a block less than it would have: count that at once, so the
             # floor does not trim past the set point before the next update sees it
             self._tx_floor.update(self.tx.fill - len(y))
+        elif quiet and self._tx_quiet >= TRIM_AFTER_SILENT and self._tx_shed:
+            # a cushion given back: leave part of a silent block out (inaudible)
+            k = max(0, min(self._tx_shed, len(y), fill - self.tx_setpoint))
+            self._tx_shed -= k
+            self._dc_out.setpoint -= k
+            self._tx_floor.shift(-k)
+            self.tx.write(y[k:])
         else:
             self.tx.write(y)
         self._tx_quiet = self._tx_quiet + 1 if quiet else 0
