@@ -33,8 +33,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import soundfile as sf
-from scipy import signal
 
+from brug.bench.metrics import Search
 from brug.bench.realtime import CARD_RATE_HZ, TerminalSide, clock_fit, open_cards
 from brug.bench.replay import Progress, write_json
 from brug.gateway.ports.soundcard import DEFAULT_LATENCY_S, DEFAULT_RX_MS, DEFAULT_TX_MS
@@ -172,17 +172,13 @@ def phrase(rate: int = CARD_RATE_HZ) -> tuple[Array, slice]:
 
 def best_lag(ref: Array, rec: Array, pos: int, lo: int, hi: int) -> tuple[int, float]:
     """Lag ``lo <= k <= hi`` (samples) at which ``ref`` fits ``rec[pos + k:]`` best, and the
-    normalised correlation there (0 where ``rec`` is silent)."""
+    normalised correlation there (0 where ``rec`` is silent): the replay bench's search
+    (:class:`brug.bench.metrics.Search`) on the stretch of ``rec`` those lags span."""
     a, b = max(0, pos + lo), min(len(rec), pos + hi + len(ref))
-    seg = rec[a:b].astype(np.float64)
-    if len(seg) < len(ref):
+    if b - a < len(ref):
         return 0, 0.0
-    c = signal.correlate(seg, ref.astype(np.float64), mode="valid", method="fft")
-    e = np.concatenate([[0.0], np.cumsum(seg * seg)])
-    norm = np.sqrt(np.maximum(e[len(ref):] - e[:-len(ref)], 1e-20) * float(np.dot(ref, ref)))
-    r = c / norm
-    k = int(np.argmax(r))
-    return a + k - pos, float(r[k])
+    k, r = Search(rec[a:b], len(ref)).best(ref, 0, b - a - len(ref))
+    return (a + k - pos, r) if r > 0.0 else (0, 0.0)
 
 
 def windows(ref: Array, rec: Array, pos: int, rate: int) -> list[float]:

@@ -59,7 +59,7 @@ LAG_MAX_MS = 4200.0
 PIECE_CORR = 0.8
 HALF_CORR = 0.9
 SPLIT_MIN_FRAMES = 20
-#: Narrowed searches done together (see _Search.best_many).
+#: Narrowed searches done together (see Search.best_many).
 NARROW_BATCH = 12
 PRESENT_DB = -12.0
 GAP_MIN_MS = 20.0
@@ -146,7 +146,7 @@ class Scratch:
 
     A fresh array of half a megabyte costs more in page faults than the transform that fills
     it (0.8 ms against 0.2 for four 16384-point inverse transforms on the 2-core bench
-    machine), and the searches below need several per piece. Only one :class:`_Search` may
+    machine), and the searches below need several per piece. Only one :class:`Search` may
     use a scratch at a time.
     """
 
@@ -162,7 +162,7 @@ class Scratch:
         return b[:n]
 
 
-class _Search:
+class Search:
     """Normalised cross-correlation searches for pieces of a source in one destination window.
 
     :meth:`best` finds where a piece fits best among a range of start positions. A short range
@@ -454,7 +454,7 @@ def match(src: Array, dst: Array, fs: int, pre: int, *, quality: bool = False,
     todo = list(reversed(pcs))
     halves: set[tuple[int, int]] = set()
     second_of: dict[tuple[int, int], int] = {}         # second half -> its piece's start
-    search = _Search(dst, max(b - a for a, b in pcs) * fl, scratch)
+    search = Search(dst, max(b - a for a, b in pcs) * fl, scratch)
     ahead: dict[tuple[int, int, int, int], tuple[int, float]] = {}   # batched searches
     while todo:
         a, b = todo.pop()
