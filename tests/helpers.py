@@ -135,6 +135,8 @@ class Recorder:
         self.running = threading.Event()
 
         def cb(indata: npt.NDArray[np.float32], frames: int, t: object, status: object) -> None:
+            if status:
+                HARNESS_XRUNS[0] += 1
             with self._lock:
                 self._chunks.append(indata[:, 0].copy())
             self.running.set()
