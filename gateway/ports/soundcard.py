@@ -164,7 +164,10 @@ class Leveller:
         self.restart()
 
     def restart(self, skip: bool = True) -> None:
-        """Level again (``skip=False``: the stream is running, watch the floor at once)."""
+        """Level again (``skip=False``: the stream is running, watch the floor at once).
+        The ring is placed on the cushion anew: nothing is left to :attr:`shed`."""
+        #: device samples of a given-back cushion still to take out of the ring in pauses
+        self.shed = 0
         self.ticks = 0 if skip else self.skip
         self.low = 1 << 62
         self.total = 0
@@ -354,11 +357,10 @@ class SoundCardPort(Port):
         self._trim_dev = period_dev   # device samples one trimmed engine block takes off
         self._rx_hold = 0                        # device samples to let the rx ring gain
         self._tx_drop = 0                        # device samples to leave out of tx writes
-        # cushion give-back: engine ticks since each ring last ran short, and the device
-        # samples still to take out of it in pauses
+        # cushion give-back: engine ticks since each ring last ran short (what is left to
+        # shed is the leveller's)
         self._shrink_ticks = max(1, int(round(self.shrink_after_s * engine_rate / block)))
         self._rx_calm = self._tx_calm = 0
-        self._rx_shed = self._tx_shed = 0
         self._silence_ms2 = float(10.0 ** (TRIM_SILENCE_DBFS / 10.0))   # mean square
         self.stats.extra.setdefault("rx_trimmed", 0)
         self.stats.extra.setdefault("tx_trimmed", 0)
@@ -450,7 +452,7 @@ class SoundCardPort(Port):
             self._rx_level.cushion = self.rx_setpoint   # (a clock card holds none)
             self._rx_level.restart()
             self._rx_hold = 0
-            self._rx_calm = self._rx_shed = 0
+            self._rx_calm = 0
         if self._rx_hold > 0:     # levelling up: leave the capture in the ring for a tick
             self._rx_hold -= self._pull
             out[:] = 0.0
@@ -491,31 +493,30 @@ class SoundCardPort(Port):
                 break
             self._fifo.read_into(out)
             self.stats.extra["rx_trimmed"] += n
-            self._rx_shed = max(0, self._rx_shed - self._trim_dev)   # (it sheds as well)
+            level = self._rx_level        # (the trim sheds as well)
+            level.shed = max(0, level.shed - self._trim_dev)
             # the ring sits lower for good now: the loop must not pull it back up
             self._dc_in.setpoint = max(self.rx_setpoint, self._dc_in.setpoint - self._trim_dev)
             floor = self._rx_floor.update(self.rx.fill)
         self._rx_calm += 1
-        if self._rx_calm >= self._shrink_ticks and self.rx_setpoint > self._rx_base:
-            self.rx_setpoint, self._rx_shed = self._give_back(
-                "rx", self._rx_level, self._rx_base, self._pull, self._rx_shed)
+        if self._rx_calm >= self._shrink_ticks:
             self._rx_calm = 0
-        if self._rx_shed and self._rx_quiet > TRIM_AFTER_SILENT:
+            self.rx_setpoint = self._give_back("rx", self._rx_level, self._rx_base, self._pull)
+        shed = self._rx_level.shed
+        if shed and self._rx_quiet > TRIM_AFTER_SILENT:
             # a cushion given back leaves the ring in a pause (silence dropped, inaudible),
             # the whole step, as levelling on the lower cushion would have moved it
-            k = min(self._rx_shed, self._pull, self.rx.fill - self.rx_setpoint)
+            k = min(shed, self._pull, self.rx.fill - self.rx_setpoint)
             if k > 0:
                 part = self._pull_buf[:k]
                 self.rx.read_into(part)
                 if self._silent(part):       # the pause goes on: these samples go
                     self._rx_floor.shift(-k)
                     self._dc_in.setpoint -= k
-                    self._rx_shed -= k
+                    self._rx_level.shed -= k
                     self._set_latency()
                 else:                        # speech starts: it goes on, in order
-                    y = self._rs_in.process(part)
-                    if self._fifo.write(y) < len(y):
-                        self.stats.overruns += 1
+                    self._to_fifo(part)
         if not clock:
             self._rs_in.set_correction_ppm(self._dc_in.update(self.rx.fill))
         self._sync_stats()
@@ -532,24 +533,22 @@ class SoundCardPort(Port):
                                  f"{1000 * level.cushion / self.rate_hz:.1f} ms after "
                                  "running short"))
         level.restart(skip=False)
-        if ring == "rx":          # the levelling moves the ring at once: nothing left to shed
-            self._rx_shed = self._rx_calm = 0
-        else:
-            self._tx_shed = self._tx_calm = 0
         return level.cushion
 
-    def _give_back(self, ring: str, level: Leveller, base: int, step: int,
-                   shed: int) -> tuple[int, int]:
-        """A grown cushion ran calm for :attr:`shrink_after_s`: lower it by ``step`` device
-        samples, not below ``base``; return the new cushion and the samples now to shed from
-        the ring in pauses. Reported as the fault ``cushion_lowered`` (engine thread, rare:
-        allocates one message)."""
+    def _give_back(self, ring: str, level: Leveller, base: int, step: int) -> int:
+        """A ring ran calm for :attr:`shrink_after_s`: a cushion grown above ``base`` is
+        lowered by ``step`` device samples (not below ``base``), which the leveller is to
+        :attr:`~Leveller.shed` from the ring in pauses; returns the cushion. A change is
+        reported as the fault ``cushion_lowered`` (engine thread, rare: allocates one
+        message)."""
         by = min(step, level.cushion - base)
-        level.cushion -= by
-        self._faults.append(("cushion_lowered", f"{self.name}: {ring} cushion "
-                             f"{1000 * level.cushion / self.rate_hz:.1f} ms after "
-                             f"{self.shrink_after_s:g} s without running short"))
-        return level.cushion, shed + by
+        if by > 0:
+            level.cushion -= by
+            level.shed += by
+            self._faults.append(("cushion_lowered", f"{self.name}: {ring} cushion "
+                                 f"{1000 * level.cushion / self.rate_hz:.1f} ms after "
+                                 f"{self.shrink_after_s:g} s without running short"))
+        return level.cushion
 
     @staticmethod
     def _level(level: Leveller, floor: FloorTracker, loop: DriftController, fill: int) -> int:
@@ -570,7 +569,6 @@ class SoundCardPort(Port):
         self._rx_level.restart()
         self._tx_level.restart()
         self._tx_drop = 0
-        self._rx_shed = self._tx_shed = 0
         # the ring's clock offset is now against another clock: learn it again
         self._dc_in.reset()
         self._dc_out.reset()
@@ -582,9 +580,13 @@ class SoundCardPort(Port):
     def _fill_fifo(self, n: int) -> None:
         while self._fifo.fill < n and self.rx.fill >= self._pull:
             self.rx.read_into(self._pull_buf)
-            y = self._rs_in.process(self._pull_buf)
-            if self._fifo.write(y) < len(y):
-                self.stats.overruns += 1
+            self._to_fifo(self._pull_buf)
+
+    def _to_fifo(self, x: Block) -> None:
+        """Resample device samples ``x`` (read from the rx ring) into the output FIFO."""
+        y = self._rs_in.process(x)
+        if self._fifo.write(y) < len(y):
+            self.stats.overruns += 1
 
     def write(self, block: Block) -> None:
         """Resample one engine block to the device rate and queue it for playback."""
@@ -597,7 +599,7 @@ class SoundCardPort(Port):
             self._tx_level.restart()
             self._tx_drop = 0
             self._tx_floor.reset()
-            self._tx_calm = self._tx_shed = 0
+            self._tx_calm = 0
         elif self.tx.fill == 0 and self._tx_dry_at is None:
             # ran dry: the device has been playing zeros. If the engine stalled it catches up
             # at once, and what it writes then refills the ring; refilling now too would add
@@ -615,6 +617,7 @@ class SoundCardPort(Port):
                 self.stats.extra["tx_reprimes"] = self.stats.extra.get("tx_reprimes", 0) + 1
                 # the bursts outgrew the cushion: grow it, and level again
                 self.tx_setpoint = self._grow("tx", self._tx_level, self.blocksize)
+                self._tx_calm = 0
                 self._tx_drop = 0
                 self._tx_floor.reset()
         fill = self.tx.fill                  # before this write: the ring at its lowest
@@ -634,10 +637,10 @@ class SoundCardPort(Port):
             return
         quiet = self._silent(y)
         self._tx_calm += 1
-        if self._tx_calm >= self._shrink_ticks and self.tx_setpoint > self._tx_base:
-            self.tx_setpoint, self._tx_shed = self._give_back(
-                "tx", self._tx_level, self._tx_base, self.blocksize, self._tx_shed)
+        if self._tx_calm >= self._shrink_ticks:
             self._tx_calm = 0
+            self.tx_setpoint = self._give_back("tx", self._tx_level, self._tx_base,
+                                               self.blocksize)
         if self.tx.fill > self.tx_setpoint + self._max_excess:
             # the device fell behind (server starved): drop this block rather than let the
             # playback latency grow; counted as an overrun
@@ -645,15 +648,15 @@ class SoundCardPort(Port):
         elif quiet and self._tx_quiet >= TRIM_AFTER_SILENT and \
                 floor > self.tx_setpoint + self._trim_margin:
             self.stats.extra["tx_trimmed"] += len(y)   # latency left by a stall: drop silence
-            self._tx_shed = max(0, self._tx_shed - len(y))
+            self._tx_level.shed = max(0, self._tx_level.shed - len(y))
             self._dc_out.setpoint = max(self.tx_setpoint, self._dc_out.setpoint - len(y))
             # the ring now holds a block less than it would have: count that at once, so the
             # floor does not trim past the set point before the next update sees it
             self._tx_floor.update(self.tx.fill - len(y))
-        elif quiet and self._tx_quiet >= TRIM_AFTER_SILENT and self._tx_shed:
+        elif quiet and self._tx_quiet >= TRIM_AFTER_SILENT and self._tx_level.shed:
             # a cushion given back: leave part of a silent block out (inaudible)
-            k = max(0, min(self._tx_shed, len(y), fill - self.tx_setpoint))
-            self._tx_shed -= k
+            k = max(0, min(self._tx_level.shed, len(y), fill - self.tx_setpoint))
+            self._tx_level.shed -= k
             self._dc_out.setpoint -= k
             self._tx_floor.shift(-k)
             self.tx.write(y[k:])
