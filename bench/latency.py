@@ -56,9 +56,10 @@ WINDOW_S, WINDOW_SLACK_S, GLITCH_CORR = 0.25, 0.01, 0.9
 HEARD_CORR = 0.5
 TAIL_S = 2.0
 #: The port figures sampled every 0.5 s (the plot shows the fills): ring fills (device samples), the
-#: drift loops' corrections (ppm), the xrun and trim counters.
+#: drift loops' corrections (ppm), the xrun and trim counters, the cushions (device samples:
+#: they grow when a ring runs short and give back in calm spells).
 RING_KEYS = ("rx_fill", "tx_fill", "rx_ppm", "tx_ppm", "underruns",
-             "device_underruns", "rx_trimmed", "tx_trimmed")
+             "device_underruns", "rx_trimmed", "tx_trimmed", "rx_cushion", "tx_cushion")
 
 
 @dataclass(frozen=True)
@@ -296,6 +297,8 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str,
         for j, n in enumerate(("talk", "hear")):
             ax3.plot(tm, fills[:, 1 + j * k] * ms, lw=0.8, label=f"{n} rx ring")
             ax3.plot(tm, fills[:, 2 + j * k] * ms, lw=0.8, label=f"{n} tx ring")
+            cushion = 1 + j * k + RING_KEYS.index("rx_cushion")
+            ax3.plot(tm, fills[:, cushion] * ms, "--", lw=0.8, label=f"{n} rx cushion")
         ax3.legend(loc="upper left", fontsize=7, ncol=4)
     ax3.set_ylabel("ring fill (ms)")
     ax3.set_xlabel("minutes")

@@ -82,10 +82,15 @@ LEVEL_AVERAGE_MS = 1000.0
 #: many ms: the path's bursts were larger than the cushion allowed for, and would be again
 #: (an adaptive jitter buffer: grows at once, gives back slowly).
 CUSHION_MAX_MS = 30.0
-#: A grown cushion that has not run short for this long, s, gives back one step (an engine
-#: block on receive, a device callback on transmit), down to the configured cushion. The
-#: samples come out of the ring in pauses (silent blocks, as the stall trim drops them), so
-#: one platform hiccup costs latency for minutes, not for the rest of the run.
+#: A grown cushion that has not run short for a while gives back one step (an engine block
+#: on receive, a device callback on transmit), down to the configured cushion. The samples
+#: come out of the ring in pauses (silent blocks, as the stall trim drops them), so one
+#: platform hiccup costs latency for seconds or minutes, not for the rest of the run. The wait
+#: is SHRINK_FIRST_S after a ring's first growth (most often the start-up: at 60 s the first
+#: over's growth cost the first minute of a 10-minute bench run) and doubles with each
+#: further growth, up to SHRINK_AFTER_S: a path that keeps running short keeps its cushion
+#: longer, so a premature give-back does not cost a glitch every few seconds.
+SHRINK_FIRST_S = 10.0
 SHRINK_AFTER_S = 60.0
 #: Receive set point of the card that clocks the engine, ms: the engine ticks as soon as
 #: this card's capture holds a block, so nothing needs to wait in its ring (see
@@ -161,6 +166,8 @@ class Leveller:
         self.level_at = self.skip + max(1, int(measure))
         self.done_at = self.level_at + max(1, int(average))
         self.levellings = 0
+        #: times the cushion grew (the owner counts them: the give-back waits longer each time)
+        self.growths = 0
         self.restart()
 
     def restart(self, skip: bool = True) -> None:
@@ -226,9 +233,10 @@ class SoundCardPort(Port):
         that clocks the engine needs no receive cushion (:meth:`attach_clock`).
     max_ppm:
         Largest drift correction, ppm.
-    shrink_after_s:
-        A cushion grown after running short gives back one step after this long without
-        running short again, s (:data:`SHRINK_AFTER_S`).
+    shrink_after_s, shrink_first_s:
+        A cushion grown after running short gives back one step after ``shrink_first_s``
+        without running short again, s, doubled with each further growth up to
+        ``shrink_after_s`` (:data:`SHRINK_FIRST_S`, :data:`SHRINK_AFTER_S`).
     quality:
         libsamplerate converter (see :data:`brug.codecs.resample.QUALITIES`).
 
@@ -248,7 +256,8 @@ class SoundCardPort(Port):
                  blocksize: int | None = None, latency: float | str = DEFAULT_LATENCY_S,
                  rx_setpoint_ms: float = DEFAULT_RX_MS, tx_setpoint_ms: float = DEFAULT_TX_MS,
                  max_ppm: float = 1000.0, quality: str = "sinc_fastest",
-                 shrink_after_s: float = SHRINK_AFTER_S) -> None:
+                 shrink_after_s: float = SHRINK_AFTER_S,
+                 shrink_first_s: float = SHRINK_FIRST_S) -> None:
         super().__init__(name)
         if not 0 <= channel < channels:
             raise ValueError(f"port {name}: channel {channel} outside 0..{channels - 1}")
@@ -266,6 +275,7 @@ class SoundCardPort(Port):
         # the configured cushions: a grown cushion gives back down to these
         self._rx_base, self._tx_base = self.rx_setpoint, self.tx_setpoint
         self.shrink_after_s = float(shrink_after_s)
+        self.shrink_first_s = min(float(shrink_first_s), self.shrink_after_s)
         self.max_ppm = max_ppm
         self.quality = quality
         cap = 1 << 15  # 0.68 s at 48 kHz: far above the set points, bounded memory
@@ -360,6 +370,8 @@ class SoundCardPort(Port):
         # cushion give-back: engine ticks since each ring last ran short (what is left to
         # shed is the leveller's)
         self._shrink_ticks = max(1, int(round(self.shrink_after_s * engine_rate / block)))
+        self._shrink_first = max(1, int(round(self.shrink_first_s * engine_rate / block)))
+        self._tick_s = block / engine_rate
         self._rx_calm = self._tx_calm = 0
         self._silence_ms2 = float(10.0 ** (TRIM_SILENCE_DBFS / 10.0))   # mean square
         self.stats.extra.setdefault("rx_trimmed", 0)
@@ -499,7 +511,7 @@ class SoundCardPort(Port):
             self._dc_in.setpoint = max(self.rx_setpoint, self._dc_in.setpoint - self._trim_dev)
             floor = self._rx_floor.update(self.rx.fill)
         self._rx_calm += 1
-        if self._rx_calm >= self._shrink_ticks:
+        if self._rx_calm >= self._calm_needed(self._rx_level):
             self._rx_calm = 0
             self.rx_setpoint = self._give_back("rx", self._rx_level, self._rx_base, self._pull)
         shed = self._rx_level.shed
@@ -529,14 +541,22 @@ class SoundCardPort(Port):
         cushion = level.cushion
         level.cushion = min(cushion + by, int(CUSHION_MAX_MS * self.rate_hz / 1000))
         if level.cushion > cushion:
+            level.growths += 1
             self._faults.append(("cushion_raised", f"{self.name}: {ring} cushion "
                                  f"{1000 * level.cushion / self.rate_hz:.1f} ms after "
                                  "running short"))
         level.restart(skip=False)
         return level.cushion
 
+    def _calm_needed(self, level: Leveller) -> int:
+        """Engine ticks a ring must run without running short before a grown cushion gives
+        back a step: :attr:`shrink_first_s` after its first growth, doubled with each further
+        one, up to :attr:`shrink_after_s`. Engine thread; integer arithmetic."""
+        doublings = min(max(0, level.growths - 1), 16)
+        return min(self._shrink_ticks, self._shrink_first << doublings)
+
     def _give_back(self, ring: str, level: Leveller, base: int, step: int) -> int:
-        """A ring ran calm for :attr:`shrink_after_s`: a cushion grown above ``base`` is
+        """A ring ran calm for :meth:`_calm_needed` ticks: a cushion grown above ``base`` is
         lowered by ``step`` device samples (not below ``base``), which the leveller is to
         :attr:`~Leveller.shed` from the ring in pauses; returns the cushion. A change is
         reported as the fault ``cushion_lowered`` (engine thread, rare: allocates one
@@ -547,7 +567,8 @@ class SoundCardPort(Port):
             level.shed += by
             self._faults.append(("cushion_lowered", f"{self.name}: {ring} cushion "
                                  f"{1000 * level.cushion / self.rate_hz:.1f} ms after "
-                                 f"{self.shrink_after_s:g} s without running short"))
+                                 f"{self._calm_needed(level) * self._tick_s:g} s without "
+                                 "running short"))
         return level.cushion
 
     @staticmethod
@@ -637,7 +658,7 @@ class SoundCardPort(Port):
             return
         quiet = self._silent(y)
         self._tx_calm += 1
-        if self._tx_calm >= self._shrink_ticks:
+        if self._tx_calm >= self._calm_needed(self._tx_level):
             self._tx_calm = 0
             self.tx_setpoint = self._give_back("tx", self._tx_level, self._tx_base,
                                                self.blocksize)
