@@ -80,6 +80,12 @@ def playrec(play: str, rec: str, x: np.ndarray, tail_s: float = 0.5) -> np.ndarr
     return helpers.playrec(play, rec, x, FS, tail_s=tail_s, lead_s=0.0)
 
 
+def platform_xruns(port: SoundCardPort, harness_at: int) -> int:
+    """PortAudio-flagged callbacks: the port's own, and the harness's since it counted
+    ``harness_at`` (:data:`helpers.HARNESS_XRUNS`)."""
+    return port.in_xruns + port.out_xruns + helpers.HARNESS_XRUNS[0] - harness_at
+
+
 def _speech(seconds: float) -> np.ndarray:
     s, _ = load_wav("engine_ps_goforward_48k.wav", FS)
     reps = int(np.ceil(seconds * FS / len(s)))
@@ -138,7 +144,7 @@ def test_port_wire_passes_speech_with_low_latency(soundcards: VirtualCards) -> N
         with Wire(port):
             time.sleep(0.5)
             y = playrec(c.air_rx, c.air_tx, x_long)
-        xruns = port.in_xruns + port.out_xruns + helpers.HARNESS_XRUNS[0] - harness
+        xruns = platform_xruns(port, harness)
         lag = xcorr_delay(x_long, y, FS, max_delay_s=0.5)
         port_ms = 1000 * lag / FS
         peaks, drops = _tracked_windows(ref, sosfiltfilt(lp, y).astype(np.float32), lag)
@@ -205,7 +211,8 @@ def test_a_cushion_grown_by_a_hiccup_is_given_back_in_the_pauses(
         with Wire(port) as w:
             # both rings levelled and their drift loops settled: the first two bursts are
             # the port's own delay (at 2 s, the first burst's delay still ranged 53-76 ms;
-            # at 4 s one burst is still off the next by up to 5 ms, so two are averaged)
+            # at 4 s a single burst was still up to 5 ms off the later ones, so two are
+            # averaged)
             time.sleep(4.0)
             w.rush_blocks = 6
             held: list[int] = []    # the receive cushion just before the rush
@@ -218,25 +225,23 @@ def test_a_cushion_grown_by_a_hiccup_is_given_back_in_the_pauses(
             t0 = time.monotonic()
             y = playrec(c.air_rx, c.air_tx, x)
         fills = np.array(w.fills)
-        ring_ms = []       # mean rx / tx ring fill over each burst, ms
+        delays, peaks, ring_ms = [], [], []     # ring_ms: mean rx / tx ring fill, ms
         for s0 in starts:
             t = (fills[:, 0] >= t0 + s0 / FS) & (fills[:, 0] < t0 + (s0 + len(burst)) / FS)
             ring_ms.append(tuple(round(1000 * float(fills[t, k].mean()) / FS, 1) if t.any()
                                  else None for k in (1, 2)))
-        delays, peaks = [], []
-        for s0 in starts:
             seg = x[s0 - FS // 10:s0 + len(burst)]
             got = y[s0 - FS // 10:s0 + len(burst) + FS // 2]
             d = xcorr_delay(seg, got, FS, max_delay_s=0.45)
             delays.append(1000.0 * d / FS)
             peaks.append(xcorr_peak(seg, got, d))
         kinds = [k for k, _ in w.faults]
-        harness = helpers.HARNESS_XRUNS[0] - harness
-        xruns = port.in_xruns + port.out_xruns + harness
+        xruns = platform_xruns(port, harness)
         tx_short = any(k == "cushion_raised" and ": tx " in m for k, m in w.faults)
         print(f"\ntake {take}: burst delays {[round(d, 1) for d in delays]} ms; correlation "
               f"{[round(p, 3) for p in peaks]}; rings rx/tx {ring_ms} ms; platform xruns "
-              f"{xruns} (harness {harness}); faults {w.faults}; stats {port.stats.as_dict()}")
+              f"{xruns} (harness {helpers.HARNESS_XRUNS[0] - harness}); faults {w.faults}; "
+              f"stats {port.stats.as_dict()}")
         assert "cushion_raised" in kinds, "the rush did not make the ring run short"
         assert "cushion_lowered" in kinds
         if not xruns and not tx_short:

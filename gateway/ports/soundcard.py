@@ -371,7 +371,6 @@ class SoundCardPort(Port):
         # shed is the leveller's)
         self._shrink_ticks = max(1, int(round(self.shrink_after_s * engine_rate / block)))
         self._shrink_first = max(1, int(round(self.shrink_first_s * engine_rate / block)))
-        self._tick_s = block / engine_rate
         self._rx_calm = self._tx_calm = 0
         self._silence_ms2 = float(10.0 ** (TRIM_SILENCE_DBFS / 10.0))   # mean square
         self.stats.extra.setdefault("rx_trimmed", 0)
@@ -505,8 +504,8 @@ class SoundCardPort(Port):
                 break
             self._fifo.read_into(out)
             self.stats.extra["rx_trimmed"] += n
-            level = self._rx_level        # (the trim sheds as well)
-            level.shed = max(0, level.shed - self._trim_dev)
+            # (the trim sheds as well)
+            self._rx_level.shed = max(0, self._rx_level.shed - self._trim_dev)
             # the ring sits lower for good now: the loop must not pull it back up
             self._dc_in.setpoint = max(self.rx_setpoint, self._dc_in.setpoint - self._trim_dev)
             floor = self._rx_floor.update(self.rx.fill)
@@ -565,10 +564,10 @@ class SoundCardPort(Port):
         if by > 0:
             level.cushion -= by
             level.shed += by
+            calm_s = self._calm_needed(level) * self.block / self.engine_rate
             self._faults.append(("cushion_lowered", f"{self.name}: {ring} cushion "
                                  f"{1000 * level.cushion / self.rate_hz:.1f} ms after "
-                                 f"{self._calm_needed(level) * self._tick_s:g} s without "
-                                 "running short"))
+                                 f"{calm_s:g} s without running short"))
         return level.cushion
 
     @staticmethod
