@@ -39,32 +39,6 @@ def _pump(ports: list[LinkPort], seconds: float) -> None:
         time.sleep(0.005)
 
 
-def test_simultaneous_key_up_one_winner_same_on_both_sides() -> None:
-    pa, pb = _free_pair(), _free_pair()
-    a = LinkPort.from_config("to_nl", {"type": "link", "listen": f"127.0.0.1:{pa}",
-                                       "send": f"127.0.0.1:{pb}", "site": "be-site"})
-    b = LinkPort.from_config("to_be", {"type": "link", "listen": f"127.0.0.1:{pb}",
-                                       "send": f"127.0.0.1:{pa}", "site": "nl-site"})
-    for p in (a, b):
-        p.start(16000, 80)
-    try:
-        a.set_tx(True)
-        b.set_tx(True)          # both key up within microseconds, before any packet crossed
-        _pump([a, b], 0.5)
-        assert a.winner is not None and a.winner == b.winner
-        winner, loser = (a, b) if a.winner == site_id("be-site") else (b, a)
-        assert not winner.yielded and loser.yielded
-        assert winner.tx_granted() is True and loser.tx_granted() is False
-        topics = {e.topic for e in loser.poll_events()}
-        assert f"port.{loser.name}.blocked" in topics
-        # the loser's COR follows the winner's over; the winner never hears the loser
-        assert loser.rx_ed137 is not None and loser.rx_ed137.ptt
-        assert winner.rx_ed137 is None or not winner.rx_ed137.ptt
-    finally:
-        for p in (a, b):
-            p.stop()
-
-
 # ---------------------------------------------------------------------------- two engines
 import random  # noqa: E402
 import threading  # noqa: E402
@@ -263,6 +237,44 @@ def test_speech_over_impaired_site_link_keeps_quality_and_whole_over(payload: st
         assert min(scores) >= 3.0
     else:
         assert min(scores) >= 3.5
+
+
+def test_simultaneous_key_up_one_winner_same_on_both_sides() -> None:
+    """Both sides key up before either claim has crossed the link (a 30 ms relay each way makes
+    sure of it: without one, the second side's receive thread can see the first claim before its
+    own key-up, and it then yields without ever claiming). One winner, the same on both sides."""
+    pa, pb = _free_pair(), _free_pair()
+    to_b = ImpairmentRelay(("127.0.0.1", pb), loss=0.0, jitter_ms=0, base_ms=30, seed=1)
+    to_a = ImpairmentRelay(("127.0.0.1", pa), loss=0.0, jitter_ms=0, base_ms=30, seed=2)
+    a = LinkPort.from_config("to_nl", {"type": "link", "listen": f"127.0.0.1:{pa}",
+                                       "send": "%s:%d" % to_b.addr, "site": "be-site"})
+    b = LinkPort.from_config("to_be", {"type": "link", "listen": f"127.0.0.1:{pb}",
+                                       "send": "%s:%d" % to_a.addr, "site": "nl-site"})
+    for p in (a, b):
+        p.start(16000, 80)
+    try:
+        a.set_tx(True)
+        b.set_tx(True)          # both key up within microseconds, 30 ms before a claim lands
+        # pump past the 150 ms window until both have decided (bounded: a busy machine may
+        # deliver the claims late, but not seconds late)
+        _pump([a, b], 0.5)
+        deadline = time.monotonic() + 3.0
+        while (a.winner is None or b.winner is None) and time.monotonic() < deadline:
+            _pump([a, b], 0.1)
+        assert a.winner is not None and a.winner == b.winner
+        winner, loser = (a, b) if a.winner == site_id("be-site") else (b, a)
+        assert not winner.yielded and loser.yielded
+        assert winner.tx_granted() is True and loser.tx_granted() is False
+        topics = {e.topic for e in loser.poll_events()}
+        assert f"port.{loser.name}.blocked" in topics
+        # the loser's COR follows the winner's over; the winner never hears the loser
+        assert loser.rx_ed137 is not None and loser.rx_ed137.ptt
+        assert winner.rx_ed137 is None or not winner.rx_ed137.ptt
+    finally:
+        for p in (a, b):
+            p.stop()
+        to_a.close()
+        to_b.close()
 
 
 def test_simultaneous_key_up_across_two_engines_is_resolved_identically() -> None:
