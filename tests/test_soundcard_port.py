@@ -250,6 +250,7 @@ def test_a_cushion_grown_by_a_hiccup_is_given_back_in_the_pauses(
         assert min(peaks[-3:]) > 0.8, "speech was cut while the cushion was given back"
         return
     assert port.rx_setpoint == base, f"the grown cushion was not given back ({held})"
+    assert port._rx_level.shed == 0, "the step given back is still in the ring"
     assert min(peaks[-3:]) > 0.95, "speech was cut while the cushion was given back"
     # (a grown cushion left in place adds a block on top of the platform's few ms for good)
     before, after = np.mean(delays[:2]), np.mean(delays[-2:])
