@@ -192,9 +192,11 @@ def test_a_cushion_grown_by_a_hiccup_is_given_back_in_the_pauses(
         soundcards: VirtualCards) -> None:
     """Capture comes 30 ms late once: the receive ring runs short and its cushion grows
     (the delay with it). After ``shrink_after_s`` without running short again the cushion
-    comes back one block at a time, in the pauses between bursts of speech: the delay is back
-    where it started and the speech after it is intact (the mean delay of the last two bursts
-    within 5 ms of the first two's, their 250 ms windows' correlation above 0.95).
+    comes back one block at a time, in the pauses between bursts of speech: the ring holds no
+    more than its configured cushion again (its lowest fill around the last two bursts within
+    2.5 ms of it, the step given back out of the ring), the delay end to end is back within the
+    path's own noise (10 ms of the first two bursts'), and the speech after it is intact (their
+    250 ms windows' correlation above 0.95).
 
     The platform moves the path's delay by a few ms either way, and by tens of ms when it
     flags xruns or makes the transmit ring run short too: such a take is taken again (up to
@@ -226,10 +228,14 @@ def test_a_cushion_grown_by_a_hiccup_is_given_back_in_the_pauses(
             y = playrec(c.air_rx, c.air_tx, x)
         fills = np.array(w.fills)
         delays, peaks, ring_ms = [], [], []     # ring_ms: mean rx / tx ring fill, ms
+        floors: list[float] = []    # lowest rx fill over each burst and the pause before, ms
         for s0 in starts:
             t = (fills[:, 0] >= t0 + s0 / FS) & (fills[:, 0] < t0 + (s0 + len(burst)) / FS)
             ring_ms.append(tuple(round(1000 * float(fills[t, k].mean()) / FS, 1) if t.any()
                                  else None for k in (1, 2)))
+            t = (fills[:, 0] >= t0 + (s0 - FS // 2) / FS) & \
+                (fills[:, 0] < t0 + (s0 + len(burst)) / FS)
+            floors.append(round(1000 * float(fills[t, 1].min()) / FS, 1) if t.any() else 1e9)
             seg = x[s0 - FS // 10:s0 + len(burst)]
             got = y[s0 - FS // 10:s0 + len(burst) + FS // 2]
             d = xcorr_delay(seg, got, FS, max_delay_s=0.45)
@@ -239,7 +245,8 @@ def test_a_cushion_grown_by_a_hiccup_is_given_back_in_the_pauses(
         xruns = platform_xruns(port, harness)
         tx_short = any(k == "cushion_raised" and ": tx " in m for k, m in w.faults)
         print(f"\ntake {take}: burst delays {[round(d, 1) for d in delays]} ms; correlation "
-              f"{[round(p, 3) for p in peaks]}; rings rx/tx {ring_ms} ms; platform xruns "
+              f"{[round(p, 3) for p in peaks]}; rings rx/tx {ring_ms} ms; rx floors {floors} "
+              f"(cushion {1000 * base / FS:g} ms); platform xruns "
               f"{xruns} (harness {helpers.HARNESS_XRUNS[0] - harness}); faults {w.faults}; "
               f"stats {port.stats.as_dict()}")
         assert "cushion_raised" in kinds, "the rush did not make the ring run short"
@@ -252,9 +259,14 @@ def test_a_cushion_grown_by_a_hiccup_is_given_back_in_the_pauses(
     assert port.rx_setpoint == base, f"the grown cushion was not given back ({held})"
     assert port._rx_level.shed == 0, "the step given back is still in the ring"
     assert min(peaks[-3:]) > 0.95, "speech was cut while the cushion was given back"
-    # (a grown cushion left in place adds a block on top of the platform's few ms for good)
+    # no latency left behind in the port: around the last two bursts the receive ring's lowest
+    # fill is back at (or, on a path whose bursts grew, below) the configured cushion. A cushion
+    # left grown, or a ring levelled high, holds its floor a block (5 ms) or more above it.
+    assert max(floors[-2:]) <= 1000 * base / FS + 2.5, "the hiccup left latency behind"
+    # end to end, the path's own burst sizes move the delay by 5-10 ms between takes (a first
+    # two bursts' ring running 5-8 ms below its cushion, docs/soundcards.md): a coarse bound
     before, after = np.mean(delays[:2]), np.mean(delays[-2:])
-    assert after < before + 5.0, "the hiccup left latency behind"
+    assert after < before + 10.0, "the hiccup left latency behind"
 
 
 @isolated
