@@ -229,12 +229,13 @@ def test_a_cushion_grown_by_a_hiccup_is_given_back_in_the_pauses(
         fills = np.array(w.fills)
         delays, peaks, ring_ms = [], [], []     # ring_ms: mean rx / tx ring fill, ms
         floors: list[float] = []    # lowest rx fill over each burst and the pause before, ms
+        at = fills[:, 0] - t0           # s into the played signal
         for s0 in starts:
-            t = (fills[:, 0] >= t0 + s0 / FS) & (fills[:, 0] < t0 + (s0 + len(burst)) / FS)
+            before_end = at < (s0 + len(burst)) / FS
+            t = (at >= s0 / FS) & before_end
             ring_ms.append(tuple(round(1000 * float(fills[t, k].mean()) / FS, 1) if t.any()
                                  else None for k in (1, 2)))
-            t = (fills[:, 0] >= t0 + (s0 - FS // 2) / FS) & \
-                (fills[:, 0] < t0 + (s0 + len(burst)) / FS)
+            t = (at >= (s0 - FS // 2) / FS) & before_end
             floors.append(round(1000 * float(fills[t, 1].min()) / FS, 1) if t.any() else 1e9)
             seg = x[s0 - FS // 10:s0 + len(burst)]
             got = y[s0 - FS // 10:s0 + len(burst) + FS // 2]
