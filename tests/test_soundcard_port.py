@@ -193,10 +193,10 @@ def test_a_cushion_grown_by_a_hiccup_is_given_back_in_the_pauses(
     """Capture comes 30 ms late once: the receive ring runs short and its cushion grows
     (the delay with it). After ``shrink_after_s`` without running short again the cushion
     comes back one block at a time, in the pauses between bursts of speech: the ring holds no
-    more than its configured cushion again (its lowest fill around the last two bursts within
-    2.5 ms of it, the step given back out of the ring), the delay end to end is back within the
-    path's own noise (10 ms of the first two bursts'), and the speech after it is intact (their
-    250 ms windows' correlation above 0.95).
+    more than its configured cushion again (its lowest fill around the last two bursts less
+    than an engine block, 5 ms, above it; the step given back out of the ring), the delay end
+    to end is back within the path's own noise (10 ms of the first two bursts'), and the speech
+    after it is intact (their 250 ms windows' correlation above 0.95).
 
     The platform moves the path's delay by a few ms either way, and by tens of ms when it
     flags xruns or makes the transmit ring run short too: such a take is taken again (up to
@@ -261,9 +261,10 @@ def test_a_cushion_grown_by_a_hiccup_is_given_back_in_the_pauses(
     assert port._rx_level.shed == 0, "the step given back is still in the ring"
     assert min(peaks[-3:]) > 0.95, "speech was cut while the cushion was given back"
     # no latency left behind in the port: around the last two bursts the receive ring's lowest
-    # fill is back at (or, on a path whose bursts grew, below) the configured cushion. A cushion
-    # left grown, or a ring levelled high, holds its floor a block (5 ms) or more above it.
-    assert max(floors[-2:]) <= 1000 * base / FS + 2.5, "the hiccup left latency behind"
+    # fill is back within one engine block of the configured cushion (the fills come in 160-frame
+    # callbacks, 3.3 ms: in CI a given-back ring sat one callback up, 13.3 ms). A cushion left
+    # grown, or a ring levelled high, holds its floor a block (5 ms) or more above it (16.7 ms).
+    assert max(floors[-2:]) < 1000 * base / FS + 5.0, "the hiccup left latency behind"
     # end to end, the path's own burst sizes move the delay by 5-10 ms between takes (a first
     # two bursts' ring running 5-8 ms below its cushion, docs/soundcards.md): a coarse bound
     before, after = np.mean(delays[:2]), np.mean(delays[-2:])
