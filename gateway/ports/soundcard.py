@@ -96,6 +96,12 @@ SHRINK_AFTER_S = 60.0
 #: this card's capture holds a block, so nothing needs to wait in its ring (see
 #: :meth:`SoundCardPort.attach_clock`).
 CLOCK_RX_SETPOINT_MS = 0.0
+#: A ring move (levelling: audio left out, or zeros added; the refill of a transmit ring that
+#: ran dry) waits for a pause: the third silent block in a row (:data:`TRIM_AFTER_SILENT`),
+#: as the silence trim does, so it takes no speech and puts no gap into it. Made at once, the
+#: moves were the longest gaps of the 10-minute bench runs (12-20 ms of zeros inside words,
+#: docs/soundcards.md). A move that finds no pause within MOVE_WAIT_MS is made anyway.
+MOVE_WAIT_MS = 1000.0
 #: A transmit ring that ran dry and is still below half its set point this many engine block
 #: periods later is refilled to its set point. An engine that stalled catches up in
 #: back-to-back ticks (well under a period); an engine that did not stall comes back a
@@ -172,9 +178,15 @@ class Leveller:
 
     def restart(self, skip: bool = True) -> None:
         """Level again (``skip=False``: the stream is running, watch the floor at once).
-        The ring is placed on the cushion anew: nothing is left to :attr:`shed`."""
+        The ring is placed on the cushion anew: nothing is left to :attr:`shed`, and a move
+        not made yet is forgotten."""
         #: device samples of a given-back cushion still to take out of the ring in pauses
         self.shed = 0
+        #: the move :meth:`update` asked for that the owner has not made yet (samples; positive:
+        #: drop, negative: add): it waits for a pause, and the leveller is not fed meanwhile
+        self.pending = 0
+        #: ticks the pending move has waited
+        self.waited = 0
         self.ticks = 0 if skip else self.skip
         self.low = 1 << 62
         self.total = 0
@@ -365,8 +377,9 @@ class SoundCardPort(Port):
         self._rx_level = Leveller(self.rx_setpoint, *phases, spread=spread)
         self._tx_level = Leveller(self.tx_setpoint, *phases, spread=spread)
         self._trim_dev = period_dev   # device samples one trimmed engine block takes off
+        self._move_wait = ticks_in(MOVE_WAIT_MS)   # engine ticks a ring move waits for a pause
+        self._tx_topup = False        # a dry transmit ring's refill is waiting for a pause
         self._rx_hold = 0                        # device samples to let the rx ring gain
-        self._tx_drop = 0                        # device samples to leave out of tx writes
         # cushion give-back: engine ticks since each ring last ran short (what is left to
         # shed is the leveller's)
         self._shrink_ticks = max(1, int(round(self.shrink_after_s * engine_rate / block)))
@@ -475,21 +488,24 @@ class SoundCardPort(Port):
             self.stats.overruns += 1
         clock = self._wake is not None   # the card that clocks the engine holds no cushion
         self._fill_fifo(n)
-        if self._fifo.fill < n:
+        short = self._fifo.fill < n
+        if short:
             self.stats.underruns += 1
             self._rx_calm = 0
             if not clock and self._rx_level.done:    # the bursts outgrew the cushion
-                short = (n - self._fifo.fill) * self.rate_hz // self.engine_rate
-                self.rx_setpoint = self._grow("rx", self._rx_level, max(short, self._pull))
+                lack = (n - self._fifo.fill) * self.rate_hz // self.engine_rate
+                self.rx_setpoint = self._grow("rx", self._rx_level, max(lack, self._pull))
         self._fifo.read_into(out)
         floor = self._rx_floor.update(self.rx.fill)
         if not clock and not self._rx_level.done:
-            step = self._level(self._rx_level, self._rx_floor, self._dc_in, self.rx.fill)
-            if step > 0:
-                self.rx.discard(step)
-            elif step < 0:
-                self._rx_hold = -step
-            if self._rx_level.done:
+            self._rx_quiet = self._rx_quiet + 1 if self._silent(out) else 0
+            level = self._rx_level
+            if not level.pending:
+                level.pending = self._level(level, self._dc_in, self.rx.fill)
+                level.waited = 0
+            if level.pending:
+                self._rx_move(level, short)
+            if level.done:
                 self._set_latency()
             self._sync_stats()
             return
@@ -532,6 +548,38 @@ class SoundCardPort(Port):
             self._rs_in.set_correction_ppm(self._dc_in.update(self.rx.fill))
         self._sync_stats()
 
+    def _rx_move(self, level: Leveller, short: bool) -> None:
+        """Make the receive ring's pending levelling move in a pause (:data:`MOVE_WAIT_MS`):
+        a drop takes up to one pull of silent capture off the ring's head per tick (capture
+        that is not silent goes on, in order); an addition holds the ring back while it gains
+        (zeros out, after the pause's silent blocks), at once if the ring ran ``short`` this
+        tick (the gaps are there already). A move that waited its limit is made at once.
+        Engine thread; no allocation."""
+        level.waited += 1
+        due = level.waited >= self._move_wait
+        pause = self._rx_quiet > TRIM_AFTER_SILENT
+        if level.pending < 0:
+            if pause or due or short:
+                self._rx_hold = -level.pending
+                self._rx_floor.shift(-level.pending)
+                level.pending = 0
+            return
+        if due:
+            k = min(level.pending, self.rx.fill)
+            self.rx.discard(k)
+            self._rx_floor.shift(-k)
+            level.pending = 0
+        elif pause:
+            k = min(level.pending, self._pull, self.rx.fill)
+            if k > 0:
+                part = self._pull_buf[:k]
+                self.rx.read_into(part)
+                if self._silent(part):       # the pause goes on: these samples go
+                    self._rx_floor.shift(-k)
+                    level.pending -= k
+                else:                        # speech starts: it goes on, in order
+                    self._to_fifo(part)
+
     def _grow(self, ring: str, level: Leveller, by: int) -> int:
         """A ring ran short by ``by`` device samples: its leveller's cushion grows by that
         much, up to :data:`CUSHION_MAX_MS`, and it levels again at once; returns the new
@@ -571,13 +619,11 @@ class SoundCardPort(Port):
         return level.cushion
 
     @staticmethod
-    def _level(level: Leveller, floor: FloorTracker, loop: DriftController, fill: int) -> int:
-        """Feed one fill to a ring's leveller; return the move the caller makes on the ring
-        (samples: positive drop, negative add). The floor tracker follows the move, and
-        once levelled the drift loop takes the measured average as its set point."""
+    def _level(level: Leveller, loop: DriftController, fill: int) -> int:
+        """Feed one fill to a ring's leveller; return the move the caller is to make on the
+        ring (samples: positive drop, negative add; the floor tracker follows as the move is
+        made). Once levelled, the drift loop takes the measured average as its set point."""
         step = level.update(fill)
-        if step:
-            floor.shift(-step)
         if level.done:
             loop.setpoint = level.setpoint
             loop.reset(settled=True, keep_rate=True)
@@ -588,7 +634,7 @@ class SoundCardPort(Port):
         monotonic clock, or in the bursts of a clock card's capture). Engine thread."""
         self._rx_level.restart()
         self._tx_level.restart()
-        self._tx_drop = 0
+        self._tx_topup = False
         # the ring's clock offset is now against another clock: learn it again
         self._dc_in.reset()
         self._dc_out.reset()
@@ -617,7 +663,7 @@ class SoundCardPort(Port):
             self.tx.write_zeros(self.tx_setpoint + self._burst - self.tx.fill)
             self.tx.reset_counters()  # (a counter race with the callback only loses a count)
             self._tx_level.restart()
-            self._tx_drop = 0
+            self._tx_topup = False
             self._tx_floor.reset()
             self._tx_calm = 0
         elif self.tx.fill == 0 and self._tx_dry_at is None:
@@ -632,30 +678,53 @@ class SoundCardPort(Port):
         elif self._tx_dry_at is not None and \
                 time.monotonic() - self._tx_dry_at >= self._reprime_after_s:
             self._tx_dry_at = None
-            if self.tx.fill < self.tx_setpoint // 2:
-                self.tx.write_zeros(self.tx_setpoint + self._burst - self.tx.fill)
+            if self.tx.fill < self.tx_setpoint // 2 and not self._tx_topup:
+                # the bursts outgrew the cushion: grow it, refill the ring in the next pause
+                # (zeros now would be a gap in the speech; until then a burst the ring cannot
+                # cover plays what it lacks as zeros, which is the delay step the refill makes)
+                # and level again after that
                 self.stats.extra["tx_reprimes"] = self.stats.extra.get("tx_reprimes", 0) + 1
-                # the bursts outgrew the cushion: grow it, and level again
                 self.tx_setpoint = self._grow("tx", self._tx_level, self.blocksize)
+                self._tx_topup = True
                 self._tx_calm = 0
-                self._tx_drop = 0
-                self._tx_floor.reset()
         fill = self.tx.fill                  # before this write: the ring at its lowest
         floor = self._tx_floor.update(fill)
-        levelling = not self._tx_level.done
-        if levelling and not self._tx_drop:
-            step = self._level(self._tx_level, self._tx_floor, self._dc_out, fill)
-            if step < 0:
-                self.tx.write_zeros(-step)
-            self._tx_drop = max(0, step)
-        if self._tx_drop > 0:       # levelling down: leave out what the ring holds too much
-            k = min(self._tx_drop, len(y))
-            self._tx_drop -= k
-            y = y[k:]
-        if levelling:
+        quiet = self._silent(y)
+        # a move waits for a pause. A levelling up is made at once when the ring has run dry
+        # again (it fills a gap that is there already); the refill after running dry is not:
+        # while the stream keeps taking more than it is given, zeros written now are taken at
+        # once as well, and the device's own zeros already add the delay the ring lacked
+        pause = quiet and self._tx_quiet >= TRIM_AFTER_SILENT
+        dry = fill == 0
+        level = self._tx_level
+        if not level.done:
+            self._tx_quiet = self._tx_quiet + 1 if quiet else 0
+            if self._tx_topup:
+                level.waited += 1
+                if pause or level.waited >= self._move_wait:
+                    self.tx.write_zeros(self.tx_setpoint + self._burst - fill)
+                    self._tx_topup = False
+                    self._tx_floor.reset()
+                    level.waited = 0
+                self.tx.write(y)
+                return
+            if not level.pending:
+                level.pending = self._level(level, self._dc_out, fill)
+                level.waited = 0
+            if level.pending:
+                level.waited += 1
+                if pause or (dry and level.pending < 0) or level.waited >= self._move_wait:
+                    if level.pending < 0:   # levelling up: zeros before a silent block
+                        self.tx.write_zeros(-level.pending)
+                        self._tx_floor.shift(-level.pending)
+                        level.pending = 0
+                    else:                   # levelling down: leave silence out
+                        k = min(level.pending, len(y))
+                        level.pending -= k
+                        self._tx_floor.shift(-k)
+                        y = y[k:]
             self.tx.write(y)
             return
-        quiet = self._silent(y)
         self._tx_calm += 1
         if self._tx_calm >= self._calm_needed(self._tx_level):
             self._tx_calm = 0
