@@ -159,3 +159,37 @@ def test_a_dry_transmit_ring_is_refilled_in_the_pause_not_in_the_speech() -> Non
     assert not [r for r in other if r[0] < b], f"a refill left gaps inside the tone: {other}"
     # and nothing of the tone was left out (a levelling down takes silence only)
     assert loud[0] >= loud[1] - FS // 1000, f"tone samples played / sent: {loud}"
+
+
+def test_a_burst_that_ran_the_transmit_ring_dry_once_does_not_again() -> None:
+    """Every 10 s the playback stream takes two callbacks early (6 in one burst, 2 in the
+    next: the same rate). The first time the ring runs dry by what it lacked, and the stream
+    is that much later from then on. The port keeps that step, so the same burst finds the
+    ring deep enough every time after; a drift loop pulling the fill back to its old average
+    ran it dry at every one."""
+    port = BurstDevice("st", 0, 0, rate_hz=FS)
+    port.start(ENGINE, BLOCK)
+    x = tone_with_pauses(ENGINE, 66.0, (0.0, 66.0))
+    lacked: list[int] = []          # zeros played at each early burst, device samples
+    try:
+        t, taken, nb = 0, 0, 0
+        for tick in range(len(x) // BLOCK):
+            port.write(x[tick * BLOCK:(tick + 1) * BLOCK])
+            t += TICK
+            while taken + BURST * CB <= t:
+                nb += 1
+                at = nb % 750 == 0 and t > 5 * FS      # every 10 s (750 bursts of 13.3 ms)
+                before = port.tx.underrun_samples
+                n = (BURST + 2) * CB if at else (BURST - 2) * CB if nb % 750 == 1 and \
+                    t > 5 * FS else BURST * CB
+                port.play(n)
+                taken += n
+                if at:
+                    lacked.append(port.tx.underrun_samples - before)
+    finally:
+        port.stop()
+    print(f"\nzeros played at each early burst {lacked} (device samples); "
+          f"stats {port.stats.as_dict()}")
+    assert len(lacked) == 6
+    assert lacked[0] > 0, "the first early burst did not run the ring dry"
+    assert sum(lacked[1:]) == 0, f"the same burst ran the ring dry again: {lacked}"

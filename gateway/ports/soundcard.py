@@ -391,6 +391,8 @@ class SoundCardPort(Port):
         self._silence_ms2 = float(10.0 ** (TRIM_SILENCE_DBFS / 10.0))   # mean square
         self.stats.extra.setdefault("rx_trimmed", 0)
         self.stats.extra.setdefault("tx_trimmed", 0)
+        self.stats.extra.setdefault("tx_stepped", 0)
+        self._tx_lacked = 0     # the tx ring's underrun samples already accounted for
         self._primed = False
         self._tx_primed = False
         self._rx_reset = False
@@ -665,6 +667,7 @@ class SoundCardPort(Port):
             self._tx_dry_at = None
             self.tx.write_zeros(self.tx_setpoint + self._burst - self.tx.fill)
             self.tx.reset_counters()  # (a counter race with the callback only loses a count)
+            self._tx_lacked = 0
             self._tx_level.restart()
             self._tx_topup = False
             self._tx_floor.reset()
@@ -692,6 +695,16 @@ class SoundCardPort(Port):
                 self._tx_calm = 0
         fill = self.tx.fill                  # before this write: the ring at its lowest
         floor = self._tx_floor.update(fill)
+        lacked = self.tx.underrun_samples - self._tx_lacked
+        self._tx_lacked += lacked
+        if lacked > 0 and self._tx_level.done and not self._tx_topup:
+            # the device played zeros for what the ring lacked: the stream is that much later
+            # from here on, and the ring's fill that much higher. Keep that step: a drift loop
+            # that pulled the fill back to its old average would run the ring dry again at the
+            # next burst of that size. More than the trim margin above the cushion comes out
+            # in pauses (the silence trim below).
+            self._dc_out.setpoint += lacked
+            self.stats.extra["tx_stepped"] += lacked
         quiet = self._silent(y)
         # a move waits for a pause. A levelling up is made at once when the ring has run dry
         # again (it fills a gap that is there already); the refill after running dry is not:
