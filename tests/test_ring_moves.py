@@ -5,7 +5,9 @@ A ring that runs short grows its cushion and is levelled again; the levelling mo
 those moves put 12-20 ms gaps inside words (docs/soundcards.md). Here the port's own read and
 write run against a device that delivers and takes audio in PulseAudio-sized bursts on a
 simulated clock, so where each move lands is exact: the tests check that the gaps inside a
-tone are only the ones the device forced, and that the moves were made in the pause after it.
+tone are only the ones the device forced, and that the moves were made in the pause after it;
+and that a transmit ring that ran dry keeps the delay step, so the same burst does not run it
+dry again.
 """
 
 from __future__ import annotations
