@@ -16,9 +16,10 @@ then the engine has absorbed its pre-roll in the pauses), and the gateway's shar
 first minus the second.
 
 Per over: added delay (ms), the rig's path, and how well the speech came through (the
-correlation of each 250 ms window, each aligned within 10 ms). A window below 0.9 counts as a
-glitch. The run's verdict: the median added delay against ``target_ms``, its drift from the
-first to the last minute, glitches, the ports' xruns and reopens.
+correlation of each 250 ms window, each voiced stretch of it aligned within 10 ms: a delay
+that changes in a pause is no glitch). A window below 0.9 counts as a glitch. The run's
+verdict: the median added delay against ``target_ms``, its drift from the first to the last
+minute, glitches, the ports' xruns and reopens.
 """
 
 from __future__ import annotations
@@ -51,6 +52,16 @@ FIRST_S = 2.0
 DIRECT_RANGE_S = (-0.05, 0.2)
 PATH_RANGE_S = (0.0, 0.6)
 WINDOW_S, WINDOW_SLACK_S, GLITCH_CORR = 0.25, 0.01, 0.9
+#: A window is split at the pauses in it (at least PAUSE_MS of 5 ms frames below PAUSE_DBFS in
+#: the reference) and each voiced stretch is aligned on its own: the port moves its rings in
+#: such pauses (zeros added, silence left out), and a delay that changes in a pause is not a
+#: glitch a listener hears; a gap inside a stretch still costs that stretch's correlation. The
+#: port's own pause is three 5 ms blocks below -50 dBFS, so this one is at least as wide.
+PAUSE_DBFS, PAUSE_MS, FRAME_MS = -45.0, 15.0, 5.0
+#: A stretch of at least TRACK_MIN_MS is searched within STEP_MAX_MS (the largest cushion,
+#: :data:`~brug.gateway.ports.soundcard.CUSHION_MAX_MS`) of where the one before it was found,
+#: and moves that position for the rest of the over; a shorter one within WINDOW_SLACK_S.
+TRACK_MIN_MS, STEP_MAX_MS = 40.0, 30.0
 #: An over whose sentence correlates less than this at its best lag was not heard (a glitch
 #: costs a window, not the over: 100 ms lost of the 2 s still correlate well above it).
 HEARD_CORR = 0.5
@@ -182,16 +193,63 @@ def best_lag(ref: Array, rec: Array, pos: int, lo: int, hi: int) -> tuple[int, f
     return (a + k - pos, r) if r > 0.0 else (0, 0.0)
 
 
+def voiced_stretches(part: Array, rate: int) -> list[slice]:
+    """The stretches of ``part`` between its pauses (:data:`PAUSE_MS` of frames below
+    :data:`PAUSE_DBFS`), each at least two frames long; the whole of ``part`` if it has none."""
+    f = int(FRAME_MS * rate / 1000)
+    n = len(part) // f
+    if n == 0:
+        return [slice(0, len(part))]
+    ms = np.mean(part[:n * f].reshape(n, f).astype(np.float64) ** 2, axis=1)
+    quiet = ms < 10.0 ** (PAUSE_DBFS / 10.0)
+    need = max(1, int(round(PAUSE_MS / FRAME_MS)))
+    cut = np.zeros(n, bool)           # frames inside a pause of at least ``need`` frames
+    run = 0
+    for k in range(n + 1):
+        if k < n and quiet[k]:
+            run += 1
+            continue
+        if run >= need:
+            cut[k - run:k] = True
+        run = 0
+    out, start = [], None
+    for k in range(n + 1):
+        if k < n and not cut[k]:
+            start = k if start is None else start
+            continue
+        if start is not None and k - start >= 2:
+            out.append(slice(start * f, len(part) if k == n else k * f))
+        start = None
+    return out or [slice(0, len(part))]
+
+
 def windows(ref: Array, rec: Array, pos: int, rate: int) -> list[float]:
-    """Correlation of each ``WINDOW_S`` window of ``ref`` with ``rec`` placed at ``pos``, each
-    allowed ``WINDOW_SLACK_S`` either way (the engine may still skip a silent block)."""
+    """Correlation of each ``WINDOW_S`` window of ``ref`` with ``rec`` placed at ``pos``: each
+    voiced stretch of the window (:func:`voiced_stretches`) aligned on its own near where the
+    stretch before it was found (:data:`STEP_MAX_MS`: a step in the delay moves the rest of
+    the over, and costs no window when it falls in a pause), their correlations weighted by
+    their energy."""
     w, slack = int(WINDOW_S * rate), int(WINDOW_SLACK_S * rate)
     out = []
+    off = 0          # where the last stretch was found against ``pos``, samples
     for i in range(0, len(ref) - w + 1, w):
         part = ref[i:i + w]
         if float(np.dot(part, part)) < 1e-6 * w:     # a pause inside the sentence
             continue
-        out.append(best_lag(part, rec, pos + i, -slack, slack)[1])
+        total = corr = 0.0
+        for sl in voiced_stretches(part, rate):
+            piece = part[sl]
+            e = float(np.dot(piece, piece))
+            # a stretch long enough to be found unambiguously is searched as far as a ring
+            # move can step the delay, and the rest of the over follows where it was found
+            long = len(piece) >= int(TRACK_MIN_MS * rate / 1000)
+            reach = max(slack, int(STEP_MAX_MS * rate / 1000)) if long else slack
+            k, r = best_lag(piece, rec, pos + i + sl.start + off, -reach, reach)
+            if long and r >= HEARD_CORR:
+                off += k
+            corr += e * r
+            total += e
+        out.append(corr / total if total > 0.0 else 0.0)
     return out
 
 

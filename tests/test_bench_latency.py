@@ -11,7 +11,17 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from brug.bench.latency import LatencySetup, analyse, phrase, run_latency, summarize
+from brug.bench.latency import (
+    GLITCH_CORR,
+    WINDOW_S,
+    LatencySetup,
+    analyse,
+    phrase,
+    run_latency,
+    summarize,
+    voiced_stretches,
+    windows,
+)
 
 from helpers import xcorr_delay
 
@@ -44,6 +54,23 @@ def test_added_delay_and_glitches_on_known_recordings() -> None:
     assert s["verdict"]["status"] == "FAIL" and len(s["verdict"]["failures"]) == 3
     ok = summarize(rows[:1], LatencySetup(target_ms=40.0))
     assert ok["verdict"] == {"status": "PASS", "failures": []}
+
+
+def test_a_delay_step_in_a_pause_is_no_glitch_but_one_inside_a_word_is() -> None:
+    """The port moves its rings in pauses: 15 ms of zeros put into the pause between two words
+    (the delay 15 ms longer from there on) costs no window; 3.3 ms of zeros inside a word (a
+    transmit ring that ran dry: a gap, and the rest of the word late) costs its window."""
+    x, seg = phrase(FS)
+    words = x[seg]
+    a, b = words[:FS // 10], words[FS // 2:FS // 2 + 11 * FS // 100]   # 100 ms, 110 ms
+    ref = np.concatenate([a, np.zeros(FS // 25, np.float32), b])    # one 250 ms window
+    assert len(ref) == int(WINDOW_S * FS) and len(voiced_stretches(ref, FS)) == 2
+    lead = np.zeros(FS // 10, np.float32)
+    for cut, n, below in ((len(a) + FS // 50, int(0.015 * FS), False),
+                          (len(ref) - len(b) // 2, FS // 300, True)):
+        rec = np.concatenate([lead, ref[:cut], np.zeros(n, np.float32), ref[cut:], lead])
+        (corr,) = windows(ref, rec, len(lead), FS)
+        assert (corr < GLITCH_CORR) == below, (cut, n, corr)
 
 
 def test_short_run_through_virtual_sound_cards(soundcards, tmp_path: Path) -> None:

@@ -164,15 +164,20 @@ def test_a_dry_transmit_ring_is_refilled_in_the_pause_not_in_the_speech() -> Non
 
 
 def test_a_burst_that_ran_the_transmit_ring_dry_once_does_not_again() -> None:
-    """Every 10 s the playback stream takes two callbacks early (6 in one burst, 2 in the
-    next: the same rate). The first time the ring runs dry by what it lacked, and the stream
-    is that much later from then on. The port keeps that step, so the same burst finds the
-    ring deep enough every time after; a drift loop pulling the fill back to its old average
-    ran it dry at every one."""
-    port = BurstDevice("st", 0, 0, rate_hz=FS)
+    """At 10, 20 and 30 s the playback stream takes two callbacks early (6 in one burst, 2 in
+    the next: the same rate). The first time the ring runs dry by what it lacked, and the
+    stream is that much later from then on. The port keeps that step as cushion, so the same
+    burst finds the ring deep enough the next times (a drift loop pulling the fill back to its
+    old average ran it dry at every one), and gives it back after a calm spell (here 30 s), in
+    the pauses of the speech (a 1 kHz tone with a 100 ms pause every second)."""
+    port = BurstDevice("st", 0, 0, rate_hz=FS, shrink_first_s=30.0, shrink_after_s=30.0)
     port.start(ENGINE, BLOCK)
-    x = tone_with_pauses(ENGINE, 66.0, (0.0, 66.0))
+    t_s = np.arange(75 * ENGINE) / ENGINE
+    x = (0.3 * np.sin(2 * np.pi * 1000 * t_s)).astype(np.float32)
+    x[t_s % 1.0 >= 0.9] = 0.0
+    base = port.tx_setpoint
     lacked: list[int] = []          # zeros played at each early burst, device samples
+    cushions: list[int] = []        # the transmit cushion just after each early burst
     try:
         t, taken, nb = 0, 0, 0
         for tick in range(len(x) // BLOCK):
@@ -180,18 +185,25 @@ def test_a_burst_that_ran_the_transmit_ring_dry_once_does_not_again() -> None:
             t += TICK
             while taken + BURST * CB <= t:
                 nb += 1
-                at = nb % 750 == 0 and t > 5 * FS      # every 10 s (750 bursts of 13.3 ms)
+                at = nb % 750 == 0 and nb <= 2250       # 10, 20, 30 s (750 bursts of 13.3 ms)
+                after = nb % 750 == 1 and 1 < nb <= 2251
                 before = port.tx.underrun_samples
-                n = (BURST + 2) * CB if at else (BURST - 2) * CB if nb % 750 == 1 and \
-                    t > 5 * FS else BURST * CB
+                n = (BURST + 2) * CB if at else (BURST - 2) * CB if after else BURST * CB
                 port.play(n)
                 taken += n
                 if at:
                     lacked.append(port.tx.underrun_samples - before)
+                if after:
+                    cushions.append(port.tx_setpoint)
+        faults = port.poll_faults()
     finally:
         port.stop()
-    print(f"\nzeros played at each early burst {lacked} (device samples); "
+    print(f"\nzeros played at each early burst {lacked} (device samples); cushions after them "
+          f"{cushions}, at the end {port.tx_setpoint} (base {base}); faults {faults}; "
           f"stats {port.stats.as_dict()}")
-    assert len(lacked) == 6
+    assert len(lacked) == 3
     assert lacked[0] > 0, "the first early burst did not run the ring dry"
-    assert sum(lacked[1:]) == 0, f"the same burst ran the ring dry again: {lacked}"
+    assert lacked[1:] == [0, 0], f"the same burst ran the ring dry again: {lacked}"
+    assert cushions[0] == base + lacked[0], "the step was not kept as cushion"
+    assert port.tx_setpoint == base, "the step was not given back after the calm spell"
+    assert port._tx_level.shed == 0, "the step given back is still in the ring"

@@ -701,10 +701,16 @@ class SoundCardPort(Port):
             # the device played zeros for what the ring lacked: the stream is that much later
             # from here on, and the ring's fill that much higher. Keep that step: a drift loop
             # that pulled the fill back to its old average would run the ring dry again at the
-            # next burst of that size. More than the trim margin above the cushion comes out
-            # in pauses (the silence trim below).
-            self._dc_out.setpoint += lacked
-            self.stats.extra["tx_stepped"] += lacked
+            # next burst of that size. The step is cushion now, given back like a grown one
+            # (a callback at a time after a calm spell, in pauses)
+            level = self._tx_level
+            top = int(CUSHION_MAX_MS * self.rate_hz / 1000)
+            step = max(0, min(lacked, top - level.cushion))
+            level.cushion += step
+            self.tx_setpoint = level.cushion
+            self._dc_out.setpoint += step
+            self._tx_calm = 0
+            self.stats.extra["tx_stepped"] += step
         quiet = self._silent(y)
         # a move waits for a pause. A levelling up is made at once when the ring has run dry
         # again (it fills a gap that is there already); the refill after running dry is not:
