@@ -68,6 +68,21 @@ def zero_runs(y: np.ndarray, a: int, b: int, min_len: int = 8) -> list[tuple[int
             if e - s >= min_len]
 
 
+def gaps_in_tone(y: np.ndarray, rate: int, on: tuple[float, float], event_s: float,
+                 near_s: float, tail_s: float = 0.0
+                 ) -> tuple[int, int, list[tuple[int, int]], list[tuple[int, int]]]:
+    """Find the tone of ``on`` (s) in the output ``y`` (at ``rate``) by where it first goes
+    above -26 dBFS, and its runs of exact zeros from 10 ms after its start to ``tail_s`` after
+    its end. Returns where the event at ``event_s`` and the tone's end are in ``y``, the runs
+    within ``near_s`` of the event (the device's own gaps) and the others."""
+    lag = int(np.argmax(np.abs(y) > 0.05)) - int(on[0] * rate)
+    a, b = int(on[0] * rate) + lag + rate // 100, int(on[1] * rate) + lag
+    event = int(event_s * rate) + lag
+    runs = zero_runs(y, a, b + int(tail_s * rate))
+    forced = [r for r in runs if abs(r[0] - event) < int(near_s * rate)]
+    return event, b, forced, [r for r in runs if r not in forced]
+
+
 def test_a_grown_receive_cushion_is_levelled_in_the_pause_not_in_the_speech() -> None:
     """Capture comes late once while a tone plays: the engine reads the ring short (that gap
     is the device's), the cushion grows, and the ring must gain what it lacks. It gains it
@@ -97,15 +112,9 @@ def test_a_grown_receive_cushion_is_levelled_in_the_pause_not_in_the_speech() ->
         faults = port.poll_faults()
     finally:
         port.stop()
-    y = np.concatenate(out)
-    # the engine-rate output: find the tone in it (its delay is the ring plus the resampler)
-    lag = int(np.argmax(np.abs(y) > 0.05)) - int(on[0] * ENGINE)
-    a, b = int(on[0] * ENGINE) + lag + ENGINE // 100, int(on[1] * ENGINE) + lag
-    inside = zero_runs(y, a, b)
-    late = int(3.1 * ENGINE) + lag
-    forced = [r for r in inside if abs(r[0] - late) < ENGINE // 10]
-    other = [r for r in inside if r not in forced]
-    print(f"\nfaults {faults}; zero runs in the tone {inside} (late capture at {late}); "
+    # the engine-rate output (the tone's delay is the ring plus the resampler)
+    late, _, forced, other = gaps_in_tone(np.concatenate(out), ENGINE, on, 3.1, 0.1)
+    print(f"\nfaults {faults}; zero runs in the tone {forced + other} (late capture at {late}); "
           f"stats {port.stats.as_dict()}")
     assert any(k == "cushion_raised" for k, _ in faults), "the late capture grew no cushion"
     assert forced, "the late capture did not reach the engine as a gap"
@@ -146,14 +155,9 @@ def test_a_dry_transmit_ring_is_refilled_in_the_pause_not_in_the_speech() -> Non
     finally:
         port.stop()
     y = np.concatenate(played)
-    lag = int(np.argmax(np.abs(y) > 0.05)) - int(on[0] * FS)
-    a, b = int(on[0] * FS) + lag + FS // 100, int(on[1] * FS) + lag
-    early = int(2.1 * FS) + lag
-    runs = zero_runs(y, a, b + FS // 10)
-    forced = [r for r in runs if abs(r[0] - early) < FS // 20]
-    other = [r for r in runs if r not in forced]
+    early, b, forced, other = gaps_in_tone(y, FS, on, 2.1, 0.05, tail_s=0.1)
     loud = int(np.sum(np.abs(y) > 0.05)), int(np.sum(np.abs(x) > 0.05)) * FS // ENGINE
-    print(f"\nfaults {faults}; zero runs in the tone {runs} (large burst at {early}); "
+    print(f"\nfaults {faults}; zero runs in the tone {forced + other} (large burst at {early}); "
           f"samples above -26 dBFS played / sent {loud}; stats {port.stats.as_dict()}")
     assert any(k == "cushion_raised" and ": tx " in m for k, m in faults), \
         "the dry ring grew no cushion"

@@ -381,6 +381,7 @@ class SoundCardPort(Port):
         self._tx_level = Leveller(self.tx_setpoint, *phases, spread=spread)
         self._trim_dev = period_dev   # device samples one trimmed engine block takes off
         self._move_wait = ticks_in(MOVE_WAIT_MS)   # engine ticks a ring move waits for a pause
+        self._cushion_max = int(CUSHION_MAX_MS * self.rate_hz / 1000)   # device samples
         self._tx_topup = False        # a dry transmit ring's refill is waiting for a pause
         self._rx_hold = 0                        # device samples to let the rx ring gain
         # cushion give-back: engine ticks since each ring last ran short (what is left to
@@ -539,16 +540,10 @@ class SoundCardPort(Port):
             # a cushion given back leaves the ring in a pause (silence dropped, inaudible),
             # the whole step, as levelling on the lower cushion would have moved it
             k = min(shed, self._pull, self.rx.fill - self.rx_setpoint)
-            if k > 0:
-                part = self._pull_buf[:k]
-                self.rx.read_into(part)
-                if self._silent(part):       # the pause goes on: these samples go
-                    self._rx_floor.shift(-k)
-                    self._dc_in.setpoint -= k
-                    self._rx_level.shed -= k
-                    self._set_latency()
-                else:                        # speech starts: it goes on, in order
-                    self._to_fifo(part)
+            if k > 0 and self._rx_drop_silent(k):
+                self._dc_in.setpoint -= k
+                self._rx_level.shed -= k
+                self._set_latency()
         if not clock:
             self._rs_in.set_correction_ppm(self._dc_in.update(self.rx.fill))
         self._sync_stats()
@@ -576,14 +571,21 @@ class SoundCardPort(Port):
             level.pending = 0
         elif pause:
             k = min(level.pending, self._pull, self.rx.fill)
-            if k > 0:
-                part = self._pull_buf[:k]
-                self.rx.read_into(part)
-                if self._silent(part):       # the pause goes on: these samples go
-                    self._rx_floor.shift(-k)
-                    level.pending -= k
-                else:                        # speech starts: it goes on, in order
-                    self._to_fifo(part)
+            if k > 0 and self._rx_drop_silent(k):
+                level.pending -= k
+
+    def _rx_drop_silent(self, k: int) -> bool:
+        """Take ``k`` (at most one pull) device samples off the receive ring's head: dropped
+        if they are silent (the pause goes on; the floor tracker follows), else resampled on,
+        in order (speech starts there). Returns whether they were dropped. Engine thread; no
+        allocation."""
+        part = self._pull_buf[:k]
+        self.rx.read_into(part)
+        if self._silent(part):
+            self._rx_floor.shift(-k)
+            return True
+        self._to_fifo(part)
+        return False
 
     def _grow(self, ring: str, level: Leveller, by: int) -> int:
         """A ring ran short by ``by`` device samples: its leveller's cushion grows by that
@@ -591,7 +593,7 @@ class SoundCardPort(Port):
         cushion. A change is reported as a fault (engine thread, rare: allocates one
         message)."""
         cushion = level.cushion
-        level.cushion = min(cushion + by, int(CUSHION_MAX_MS * self.rate_hz / 1000))
+        level.cushion = min(cushion + by, self._cushion_max)
         if level.cushion > cushion:
             level.growths += 1
             self._faults.append(("cushion_raised", f"{self.name}: {ring} cushion "
@@ -704,8 +706,7 @@ class SoundCardPort(Port):
             # next burst of that size. The step is cushion now, given back like a grown one
             # (a callback at a time after a calm spell, in pauses)
             level = self._tx_level
-            top = int(CUSHION_MAX_MS * self.rate_hz / 1000)
-            step = max(0, min(lacked, top - level.cushion))
+            step = max(0, min(lacked, self._cushion_max - level.cushion))
             level.cushion += step
             self.tx_setpoint = level.cushion
             self._dc_out.setpoint += step
