@@ -105,6 +105,10 @@ CLOCK_RX_SETPOINT_MS = 0.0
 #: that over (a 15 ms step in its measured half). Waiting costs nothing while the ring does
 #: not run short, and a levelling up is made at once when it does.
 MOVE_WAIT_MS = 3000.0
+#: Writes this many engine block periods apart mean the engine stalled: zeros the device
+#: played meanwhile are the stall's, which the engine's catch-up refills (the silence trim
+#: then takes the excess out), not a burst the transmit cushion must grow for.
+STALL_BLOCKS = 3.0
 #: A transmit ring that ran dry and is still below half its set point this many engine block
 #: periods later is refilled to its set point. An engine that stalled catches up in
 #: back-to-back ticks (well under a period); an engine that did not stall comes back a
@@ -361,6 +365,8 @@ class SoundCardPort(Port):
         self._pull = int(math.ceil(block * self.rate_hz / engine_rate))
         self._pull_buf = np.zeros(self._pull, np.float32)
         self._reprime_after_s = REPRIME_AFTER_BLOCKS * block / engine_rate
+        self._stalled_after_s = STALL_BLOCKS * block / engine_rate
+        self._tx_written_at = 0.0    # monotonic s of the last write
         self._fifo = Ring(max(1024, 8 * block))   # engine-rate output FIFO (engine thread only)
         self._set_latency()
         # trimming compares the floor of a ring's fill (PulseAudio's bursts only lift the
@@ -699,7 +705,10 @@ class SoundCardPort(Port):
         floor = self._tx_floor.update(fill)
         lacked = self.tx.underrun_samples - self._tx_lacked
         self._tx_lacked += lacked
-        if lacked > 0 and self._tx_level.done and not self._tx_topup:
+        now = time.monotonic()
+        stalled = now - self._tx_written_at > self._stalled_after_s
+        self._tx_written_at = now
+        if lacked > 0 and self._tx_level.done and not self._tx_topup and not stalled:
             # the device played zeros for what the ring lacked: the stream is that much later
             # from here on, and the ring's fill that much higher. Keep that step: a drift loop
             # that pulled the fill back to its old average would run the ring dry again at the
