@@ -37,6 +37,7 @@ from brug.codecs.filters import Chain, build_chain
 from brug.codecs.levels import Agc
 from brug.codecs.limiter import Limiter
 from brug.gateway.events import Event, EventBus
+from brug.gateway.pauses import FLOOR_WINDOW_S, PauseLevels
 from brug.gateway.ports.base import Port
 from brug.gateway.signalling import LineSquelch, NoPtt, Ptt
 from brug.gateway.vox import VoxBank
@@ -73,8 +74,9 @@ class EngineConfig:
     history_s:
         Length of the receive history ring, s (bounds pre-roll + PTT lead + backlog).
     catchup_dbfs:
-        A block whose RMS is below this level may be skipped to absorb the start-of-over
-        delay (pre-roll and PTT lead), dBFS.
+        A block whose RMS is below this level, or near its source's own noise floor
+        (:mod:`brug.gateway.pauses`), may be skipped to absorb the start-of-over delay
+        (pre-roll and PTT lead), dBFS.
     catchup_max_blocks:
         At most this many silent blocks are skipped per tick.
     manual_key_limit_s:
@@ -284,7 +286,10 @@ class Engine:
         self._L = 1 << (hist - 1).bit_length()
         self._vox = VoxBank(cfg.rate_hz, 0)
         self._preroll = cfg.ms(cfg.preroll_ms)
-        self._catchup_ms2 = float(10.0 ** (cfg.catchup_dbfs / 10.0))
+        # a block near its source's noise floor (or below catchup_dbfs) may be skipped
+        self._pauses = PauseLevels(cfg.catchup_dbfs, int(FLOOR_WINDOW_S * cfg.rate_hz)
+                                   // max(1, cfg.block))
+        self._pause_keys: list[tuple[str, float]] = []
         self._tone_phase = 0.0
         self._alloc(0)
         self._limiter_cls = Limiter
@@ -339,6 +344,12 @@ class Engine:
         for i, name in enumerate(self._order):
             p = self._ports[name]
             self._rx_gain[i, 0] = 0.0 if p.rx_mute else p.rx_gain
+        # each port keeps its noise floor unless its receive gain changed (its floor moved)
+        keys = [(name, float(self._rx_gain[i, 0])) for i, name in enumerate(self._order)]
+        if keys != self._pause_keys:
+            self._pauses.remap([self._pause_keys.index(k) if k in self._pause_keys else None
+                                for k in keys])
+            self._pause_keys = keys
         ports = [self._ports[n] for n in self._order]
         self._rows = ports
         self._line_ports = [p for p in ports
@@ -792,6 +803,7 @@ class Engine:
                 X *= self._rx_gain
             for i, agc in self._agcs:
                 X[i] = agc.process(X[i])
+            self._pauses.observe(X)
             # into both halves of the history ring at once (a (ports, 2, L) view of it)
             j = t % L
             first = min(B, L - j)
@@ -1067,7 +1079,9 @@ class Engine:
             n_look = min(step + B, t + B - r)
             seg = H[rows[0], j:j + n_look] if len(rows) == 1 else \
                 H[rows, j:j + n_look].sum(axis=0)
-            if float(np.dot(seg, seg)) >= self._catchup_ms2 * n_look:
+            thr = self._pauses.threshold_ms2
+            quiet_ms2 = thr[rows[0]] if len(rows) == 1 else thr[rows].sum()
+            if float(np.dot(seg, seg)) >= quiet_ms2 * n_look:
                 break
             r += step
             skipped += step

@@ -161,6 +161,38 @@ def test_ptt_lead_holds_audio_back_without_clipping_or_cutting() -> None:
     assert unkey > live.t + (end - o)
 
 
+def test_the_over_catches_up_its_ptt_lead_on_a_path_with_background_noise() -> None:
+    """A talker's terminal with background noise at -45 dBFS (a car's cabin), the VOX set
+    above it: the 300 ms PTT lead and the pre-roll are caught up in the pauses between the
+    words, as on a clean path, so the end of the over is heard without them; nothing of the
+    words is left out. With a fixed -50 dBFS pause level the noise was never a pause and the
+    whole over kept the 450 ms."""
+    rig = Rig(0)
+    sq = SquelchSettings(type="vox", open_dbfs=-35, close_dbfs=-40, attack_ms=10, hang_ms=300)
+    for name, lead in (("a", 0.0), ("b", 300.0)):
+        rig.ports[name] = port = MemoryPort(name)
+        rig.engine.add_port(port, PortSettings(name, squelch=sq, ptt=PttSettings(
+            lead_ms=lead, hang_ms=200, tot_s=120)), ptt=NoPtt())
+    rig.engine.create_patch("P", ["a", "b"])
+    x = speech()
+    at = 3 * FS
+    noisy = (np.random.default_rng(1).standard_normal(at + len(x) + 2 * FS)
+             * 10 ** (-45 / 20)).astype(np.float32)
+    noisy[at:at + len(x)] += x
+    rig.ports["a"].feed(noisy)
+    rig.run(len(noisy) / FS + 1.0)
+    y = rig.ports["b"].tx
+    piece = 50 * 16
+    delays = []
+    for s in (onset(x, -30), len(x) - onset(x[::-1], -30) - piece):   # first and last word
+        k, corr = find(noisy[at + s:at + s + piece], y)
+        assert corr > 0.99, "a word did not come through whole"
+        delays.append((k - at - s) / 16)
+    print(f"\ndelay at the first / last word: {delays} ms")
+    assert delays[0] > 250, "the first word should wait for the terminal's PTT lead"
+    assert delays[1] < 50, f"the over kept {delays[1]} ms of lead and pre-roll to its end"
+
+
 def test_floor_first_keyup_wins_second_is_blocked_and_not_forwarded() -> None:
     rig = Rig(3, lead_ms=300)
     rig.engine.create_patch("P", ["a", "b", "c"])

@@ -15,6 +15,7 @@ from __future__ import annotations
 import time
 
 import numpy as np
+import pytest
 
 from brug.gateway.ports.soundcard import SoundCardPort
 
@@ -167,18 +168,25 @@ def test_a_dry_transmit_ring_is_refilled_in_the_pause_not_in_the_speech() -> Non
     assert loud[0] >= loud[1] - FS // 1000, f"tone samples played / sent: {loud}"
 
 
-def test_a_burst_that_ran_the_transmit_ring_dry_once_does_not_again() -> None:
+@pytest.mark.parametrize("pause_dbfs", [None, -45.0], ids=["silent-pauses", "noisy-pauses"])
+def test_a_burst_that_ran_the_transmit_ring_dry_once_does_not_again(
+        pause_dbfs: float | None) -> None:
     """At 10, 20 and 30 s the playback stream takes two callbacks early (6 in one burst, 2 in
     the next: the same rate). The first time the ring runs dry by what it lacked, and the
     stream is that much later from then on. The port keeps that step as cushion, so the same
     burst finds the ring deep enough the next times (a drift loop pulling the fill back to its
     old average ran it dry at every one), and gives it back after a calm spell (here 30 s), in
-    the pauses of the speech (a 1 kHz tone with a 100 ms pause every second)."""
+    the pauses of the speech (a 1 kHz tone with a 100 ms pause every second). The pauses are
+    digital silence, or background noise at -45 dBFS on the whole path: a fixed -50 dBFS
+    pause level found no pause there, and the step stayed in the ring."""
     port = BurstDevice("st", 0, 0, rate_hz=FS, shrink_first_s=30.0, shrink_after_s=30.0)
     port.start(ENGINE, BLOCK)
     t_s = np.arange(75 * ENGINE) / ENGINE
     x = (0.3 * np.sin(2 * np.pi * 1000 * t_s)).astype(np.float32)
     x[t_s % 1.0 >= 0.9] = 0.0
+    if pause_dbfs is not None:
+        x += (np.random.default_rng(7).standard_normal(len(x))
+              * 10 ** (pause_dbfs / 20)).astype(np.float32)
     base = port.tx_setpoint
     lacked: list[int] = []          # zeros played at each early burst, device samples
     cushions: list[int] = []        # the transmit cushion just after each early burst

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from brug.codecs.resample import DriftController, StreamResampler
+from brug.gateway.pauses import FLOOR_WINDOW_S, PauseLevel
 from brug.gateway.ports.base import Block, Port
 from brug.gateway.ring import Ring
 
@@ -395,7 +396,10 @@ class SoundCardPort(Port):
         self._shrink_ticks = max(1, int(round(self.shrink_after_s * engine_rate / block)))
         self._shrink_first = max(1, int(round(self.shrink_first_s * engine_rate / block)))
         self._rx_calm = self._tx_calm = 0
-        self._silence_ms2 = float(10.0 ** (TRIM_SILENCE_DBFS / 10.0))   # mean square
+        # what is a pause on each path: near its own noise floor, never below the fixed
+        # level (brug.gateway.pauses)
+        self._rx_pause = PauseLevel(TRIM_SILENCE_DBFS, ticks_in(1000 * FLOOR_WINDOW_S))
+        self._tx_pause = PauseLevel(TRIM_SILENCE_DBFS, ticks_in(1000 * FLOOR_WINDOW_S))
         self.stats.extra.setdefault("rx_trimmed", 0)
         self.stats.extra.setdefault("tx_trimmed", 0)
         self.stats.extra.setdefault("tx_stepped", 0)
@@ -510,7 +514,7 @@ class SoundCardPort(Port):
         self._fifo.read_into(out)
         floor = self._rx_floor.update(self.rx.fill)
         if not clock and not self._rx_level.done:
-            self._rx_quiet = self._rx_quiet + 1 if self._silent(out) else 0
+            self._rx_quiet = self._rx_quiet + 1 if self._rx_pause.observe(out) else 0
             level = self._rx_level
             if not level.pending:
                 level.pending = self._level(level, self._dc_in, self.rx.fill)
@@ -523,7 +527,7 @@ class SoundCardPort(Port):
             return
         for _ in range(TRIM_MAX_BLOCKS):
             # behind after a stall: drop silence (inaudible) until the ring is back
-            self._rx_quiet = self._rx_quiet + 1 if self._silent(out) else 0
+            self._rx_quiet = self._rx_quiet + 1 if self._rx_pause.observe(out) else 0
             if not self._rx_quiet or floor <= self.rx_setpoint + self._trim_margin or \
                     self._rx_quiet <= TRIM_AFTER_SILENT:
                 break
@@ -587,7 +591,7 @@ class SoundCardPort(Port):
         allocation."""
         part = self._pull_buf[:k]
         self.rx.read_into(part)
-        if self._silent(part):
+        if self._rx_pause.quiet(part):
             self._rx_floor.shift(-k)
             return True
         self._to_fifo(part)
@@ -651,10 +655,6 @@ class SoundCardPort(Port):
         # the ring's clock offset is now against another clock: learn it again
         self._dc_in.reset()
         self._dc_out.reset()
-
-    def _silent(self, x: Block) -> bool:
-        """Is ``x`` below the trim level (:data:`TRIM_SILENCE_DBFS`)?"""
-        return bool(len(x)) and float(np.dot(x, x)) < self._silence_ms2 * len(x)
 
     def _fill_fifo(self, n: int) -> None:
         while self._fifo.fill < n and self.rx.fill >= self._pull:
@@ -721,7 +721,7 @@ class SoundCardPort(Port):
             self._dc_out.setpoint += step
             self._tx_calm = 0
             self.stats.extra["tx_stepped"] += step
-        quiet = self._silent(y)
+        quiet = self._tx_pause.observe(y)
         # a move waits for a pause. A levelling up is made at once when the ring has run dry
         # again (it fills a gap that is there already); the refill after running dry is not:
         # while the stream keeps taking more than it is given, zeros written now are taken at
@@ -797,7 +797,9 @@ class SoundCardPort(Port):
                        tx_hold=self._dc_out.setpoint, rx_levelled=self._rx_level.levellings,
                        tx_levelled=self._tx_level.levellings, rx_cushion=self.rx_setpoint,
                        tx_cushion=self.tx_setpoint, rx_ppm=round(self._dc_in.ppm, 1),
-                       tx_ppm=round(self._dc_out.ppm, 1))
+                       tx_ppm=round(self._dc_out.ppm, 1),
+                       rx_pause_dbfs=round(10 * math.log10(self._rx_pause.threshold_ms2), 1),
+                       tx_pause_dbfs=round(10 * math.log10(self._tx_pause.threshold_ms2), 1))
 
     def poll_faults(self) -> list[tuple[str, str]]:
         out: list[tuple[str, str]] = []
