@@ -146,7 +146,10 @@ def _latency(args: argparse.Namespace) -> int:
     setup = LatencySetup(minutes=args.minutes, every_s=args.every_s, clock=args.clock,
                          latency_ms=args.latency_ms, rx_ms=args.rx_ms, tx_ms=args.tx_ms,
                          target_ms=args.target_ms, max_drift_ms=args.max_drift_ms,
-                         wire=args.wire)
+                         wire=args.wire, noise_dbfs=args.noise_dbfs)
+    if args.noise_dbfs is not None and not -90.0 <= args.noise_dbfs <= -20.0:
+        raise ScenarioError("--noise-dbfs", 0, "", f"must be -90..-20 dBFS, got "
+                            f"{args.noise_dbfs}")
     m = run_latency(setup, args.out, progress=not args.quiet)
     s = m["summary"]
     a = s.get("added_ms", {})
@@ -196,6 +199,9 @@ def register(subparsers: Any) -> None:
                     help="fail when the median added delay is not below this")
     lt.add_argument("--max-drift-ms", type=float, default=2.0,
                     help="fail when the delay moves more than this from the first minute")
+    lt.add_argument("--noise-dbfs", type=float, default=None,
+                    help="background noise under the talker's speech, for the whole run, dBFS "
+                         "(a path whose pauses are not digital silence)")
     lt.add_argument("--wire", action="store_true",
                     help="measure a bare sounddevice wire in the gateway's place (the path's "
                          "own floor)")

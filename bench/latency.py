@@ -80,7 +80,9 @@ class LatencySetup:
     ``clock`` is ``"talk"`` (the engine ticks on the talker's card), ``"hear"`` or
     ``"none"`` (the monotonic clock, the site file's default). Buffers in ms. ``wire``
     measures a bare sounddevice wire (:class:`Wire`) in the gateway's place, the floor any
-    gateway on this path stands on.
+    gateway on this path stands on. ``noise_dbfs``: white noise at this level under the
+    talker's audio for the whole run (its pauses are then not digital silence, as on a
+    radio path with background noise).
     """
 
     minutes: float = 10.0
@@ -92,6 +94,7 @@ class LatencySetup:
     target_ms: float = 35.0
     max_drift_ms: float = 2.0
     wire: bool = False
+    noise_dbfs: float | None = None
 
     @property
     def card_latency_s(self) -> float:
@@ -101,11 +104,13 @@ class LatencySetup:
     def describe(self) -> str:
         """What ran, in one line (the plot's title and the report's first row)."""
         lat = f"latency {1000 * self.card_latency_s:g} ms"
+        noise = "" if self.noise_dbfs is None else f", noise {self.noise_dbfs:g} dBFS"
         if self.wire:
-            return f"bare sounddevice wire, {lat}"
+            return f"bare sounddevice wire, {lat}{noise}"
         rx = DEFAULT_RX_MS if self.rx_ms is None else self.rx_ms
         tx = DEFAULT_TX_MS if self.tx_ms is None else self.tx_ms
-        return f"engine clock `{self.clock}`, {lat}, cushions rx {rx:g} ms / tx {tx:g} ms"
+        return (f"engine clock `{self.clock}`, {lat}, cushions rx {rx:g} ms / tx {tx:g} ms"
+                f"{noise}")
 
     def site_text(self) -> str:
         buf = {k: v for k, v in (("latency_ms", self.latency_ms), ("rx_ms", self.rx_ms),
@@ -385,7 +390,14 @@ def run_latency(setup: LatencySetup, out: Path, *, progress: bool = True,
                                  + 1))]
     site = parse_site_text(setup.site_text(), "latency-site.yaml")
     raw = out / ".raw"
-    terms = TerminalSide({TALK: [(s, x) for s in starts]},
+    talk: list[tuple[int, Array]] = [(s, x) for s in starts]
+    if setup.noise_dbfs is not None:
+        # one 10 s stretch of noise, back to back for the whole run (pickled once)
+        chunk = (np.random.default_rng(11).standard_normal(10 * rate)
+                 * 10 ** (setup.noise_dbfs / 20)).astype(np.float32)
+        talk += [(k * len(chunk), chunk)
+                 for k in range(int((total_s + TAIL_S) * rate) // len(chunk) + 1)]
+    terms = TerminalSide({TALK: talk},
                          {TALK: (names[TALK].air_rx, names[TALK].input),
                           HEAR: (names[HEAR].air_rx, names[HEAR].air_tx)}, raw,
                          slip_s=math.inf)

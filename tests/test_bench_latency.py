@@ -100,13 +100,20 @@ def test_short_run_through_virtual_sound_cards(soundcards, tmp_path: Path) -> No
 
 def test_bare_wire_in_the_gateways_place(soundcards, tmp_path: Path) -> None:
     """``--wire``: the same rig with a bare duplex sounddevice wire in the gateway's place
-    carries every over, with a delay of the path alone (31 ms on an idle machine)."""
-    m = run_latency(LatencySetup(minutes=0.3, every_s=7.0, wire=True), tmp_path,
-                    progress=False, cards=soundcards)
+    carries every over, with a delay of the path alone (31 ms on an idle machine); here with
+    ``--noise-dbfs``: the talker's background noise is on the air between the overs too, and
+    the overs are still found in it."""
+    m = run_latency(LatencySetup(minutes=0.3, every_s=7.0, wire=True, noise_dbfs=-48.0),
+                    tmp_path, progress=False, cards=soundcards)
     rows = m["overs"]
     assert len(rows) >= 2 and all(r["added_ms"] is not None for r in rows), rows
     assert all(5.0 < r["added_ms"] < 60.0 for r in rows), rows
     assert m["port_stats"]["wire"]["callbacks"] > 1000
+    hear, fs = sf.read(str(tmp_path / "hear.wav"), dtype="float32")
+    x, _ = phrase(fs)
+    gap = hear[rows[0]["hear_wav_sample"] + len(x) + fs // 2:][:fs]   # between two overs
+    assert -50.0 < 10 * np.log10(np.mean(gap.astype(np.float64) ** 2)) < -46.0
+    assert "noise -48 dBFS" in (tmp_path / "report.md").read_text()
 
 
 def test_bad_arguments_get_one_line() -> None:
@@ -114,3 +121,6 @@ def test_bad_arguments_get_one_line() -> None:
                           "--minutes", "0"], capture_output=True, text=True)
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert "--minutes" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    res = subprocess.run([sys.executable, "-m", "brug.gateway.cli", "bench", "latency",
+                          "--noise-dbfs", "3"], capture_output=True, text=True)
+    assert res.returncode == 2 and "--noise-dbfs" in res.stderr and "Traceback" not in res.stderr
