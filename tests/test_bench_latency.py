@@ -56,6 +56,25 @@ def test_added_delay_and_glitches_on_known_recordings() -> None:
     assert ok["verdict"] == {"status": "PASS", "failures": []}
 
 
+def test_an_over_whose_delay_stepped_is_heard_with_its_glitch() -> None:
+    """A transmit ring that ran dry inside a word (3.3 ms of zeros, the rest of the over that
+    much later) and a ring move in the pause after it (1.4 ms more): the sentence no longer
+    fits one lag (it correlated 0.49 at its best, below the mark an over counts as heard at),
+    yet every word came out. The over is heard, with the one glitching window."""
+    x, seg = phrase(FS)
+    starts = [FS, 7 * FS]
+    talk_in = _recording(x, starts, int(0.003 * FS), 14 * FS)
+    y = x.copy()
+    for at_s, ms in ((0.985, 1.4), (0.6, 3.3)):     # the pause, then the word (from the end)
+        p = seg.start + int(at_s * FS)
+        y = np.concatenate([y[:p], np.zeros(int(ms * FS / 1000), np.float32), y[p:]])
+    hear = _recording(y, starts, int(0.041 * FS), 14 * FS)
+    rows = analyse(talk_in, hear, starts, FS)
+    assert all(r["corr"] < 0.5 for r in rows), "the steps should defeat one lag"
+    assert [r["added_ms"] for r in rows] == [38.0, 38.0]
+    assert [r["glitches"] for r in rows] == [1, 1]
+
+
 def test_a_delay_step_in_a_pause_is_no_glitch_but_one_inside_a_word_is() -> None:
     """The port moves its rings in pauses: 15 ms of zeros put into the pause between two words
     (the delay 15 ms longer from there on) costs no window; 3.3 ms of zeros inside a word (a

@@ -46,7 +46,9 @@ STALL_S = 1.0
 SLOW_PACE = 0.85
 SLOW_WINDOW_S = 2.0
 #: A block whose RMS is below this level is silence the port may drop to bring a ring that a
-#: stall left above its set point back down, dBFS (inaudible, unlike the hard trim).
+#: stall left above its set point back down, dBFS (inaudible, unlike the hard trim). On a path
+#: with background noise above it, a block near the noise floor is too
+#: (:class:`~brug.gateway.pauses.PauseLevel`).
 TRIM_SILENCE_DBFS = -50.0
 #: Silent blocks dropped per engine tick at most (catch up at up to 3x real time).
 TRIM_MAX_BLOCKS = 2
@@ -264,7 +266,8 @@ class SoundCardPort(Port):
     -----
     Latency after a stall: when the floor of a ring's fill (its lowest value over
     :data:`FLOOR_WINDOW_MS`) stays above its cushion (the engine or the server stalled, or a
-    device ran slow for a while), the port drops *silent* blocks (below :data:`TRIM_SILENCE_DBFS`)
+    device ran slow for a while), the port drops *silent* blocks (pauses: below
+    :data:`TRIM_SILENCE_DBFS` or near the path's own noise floor, :mod:`brug.gateway.pauses`)
     until the fill is back, counted in ``stats.extra["rx_trimmed"]`` / ``["tx_trimmed"]``
     (samples). Only a ring more than 60 ms above its set point is trimmed whatever it holds
     (``overruns``). A stream that stops, stalls or runs slow is reopened, the first time after
