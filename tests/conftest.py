@@ -24,9 +24,10 @@ recorded from ``air_tx`` (see docs/soundcards.md). Devices are named, so pass th
 - ``soundcards.remove(name)`` unloads a card's sinks (device loss drills); ``up(name)`` brings
   it back. ``soundcards.cards`` is the underlying :class:`brug.gateway.soundcards.SoundCards`.
 - Skipped (not failed) when PulseAudio/pactl/PortAudio are not installed.
-- A test that uses the fixture runs again (up to three times) when it fails: the audio server and
-  PortAudio's ALSA plugin path run on an ordinary scheduler on shared 2-core machines and now
-  and then lose a buffer the gateway never saw (the ports' counters say so in the failure).
+- A test that uses the fixture runs again (up to three times, 10 s apart) when it fails: the
+  audio server and PortAudio's ALSA plugin path run on an ordinary scheduler on shared 2-core
+  machines and now and then lose a buffer the gateway never saw (the ports' counters say so in
+  the failure).
   A real defect fails all four runs; ``-p no:rerunfailures`` shows every failure; the
   summary (``-rR``) names the tests that needed a rerun and why each attempt failed (the
   plugin's ``--rerun-show-tracebacks``, switched on here).
@@ -113,6 +114,12 @@ def pytest_configure(config: pytest.Config) -> None:
         config.option.rerun_show_tracebacks = True
 
 
+#: Seconds before a rerun: the platform's bad spells (PulseAudio itself running at 50-70 % of
+#: real time, the test rig's own path failing) last a minute or more on a shared machine, and
+#: three reruns a second apart all fell into the same one.
+RERUN_DELAY_S = 10
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Tests on real PortAudio streams get up to three reruns (see the module docstring); not
     where the rerun plugin is off (the child pytest of an isolated drill runs a test once)."""
@@ -120,4 +127,4 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         return
     for item in items:
         if "soundcards" in getattr(item, "fixturenames", ()):
-            item.add_marker(pytest.mark.flaky(reruns=3, reruns_delay=1))
+            item.add_marker(pytest.mark.flaky(reruns=3, reruns_delay=RERUN_DELAY_S))

@@ -101,9 +101,15 @@ def test_speech_crosses_the_gateway_through_real_sound_cards(soundcards: Any) ->
     sig, seg = make_signal()
     figures: dict[str, Any] = {}
     time.sleep(0.3)
-    direct = playrec(cards["be1"].air_rx, cards["be1"].input, sig, FS)
-    figures["direct_ms"], c = lag_of(sig, seg, direct)
-    assert c > 0.95
+    # the rig's own path first (no gateway): while the platform has a bad spell it does not
+    # carry the speech either, and nothing can be said of the gateway; wait it out (30 s)
+    for _ in range(7):
+        direct = playrec(cards["be1"].air_rx, cards["be1"].input, sig, FS)
+        figures["direct_ms"], c = lag_of(sig, seg, direct)
+        if c > 0.95:
+            break
+        time.sleep(5.0)
+    assert c > 0.95, f"the rig alone (no gateway) did not carry the speech: corr {c:.2f}"
     with Wire(cards["be1"].input, cards["nl1"].output):
         time.sleep(0.3)
         wire = playrec(cards["be1"].air_rx, cards["nl1"].air_tx, sig, FS)
