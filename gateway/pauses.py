@@ -96,7 +96,7 @@ class PauseLevels:
 
     :meth:`observe` takes one tick's ``(ports, block)`` receive audio; :attr:`threshold_ms2`
     is each row's pause level as a mean square. Engine thread: a handful of whole-array
-    operations per tick.
+    operations per tick, in place (no allocation).
     """
 
     def __init__(self, min_dbfs: float, window_blocks: int, rows: int = 0) -> None:
@@ -111,6 +111,7 @@ class PauseLevels:
         seen."""
         self._cur = np.full(rows, np.inf)
         self._prev = np.zeros(rows)
+        self._ms2 = np.zeros(rows)       # scratch: this tick's block powers
         self._n = 0
         self.threshold_ms2 = np.full(rows, self.min_ms2)
 
@@ -126,13 +127,17 @@ class PauseLevels:
 
     def observe(self, X: np.ndarray) -> None:
         """Learn from one tick's receive blocks ``X`` (ports x samples)."""
-        if not X.shape[0]:
+        if X.shape[0] != len(self._ms2):
             return
-        ms2 = np.einsum("ij,ij->i", X, X, dtype=np.float64) / X.shape[1]
+        ms2 = self._ms2
+        np.einsum("ij,ij->i", X, X, out=ms2, dtype=np.float64)
+        ms2 /= X.shape[1]
         np.minimum(self._cur, ms2, out=self._cur)
         self._n += 1
         if self._n >= self.window:
             self._prev, self._cur, self._n = self._cur, self._prev, 0
             self._cur.fill(np.inf)
-        floor = np.minimum(self._cur, self._prev)
-        np.clip(floor * self.margin, self.min_ms2, self.max_ms2, out=self.threshold_ms2)
+        thr = self.threshold_ms2                 # min(cur, prev) * margin, clipped, in place
+        np.minimum(self._cur, self._prev, out=thr)
+        thr *= self.margin
+        np.clip(thr, self.min_ms2, self.max_ms2, out=thr)
