@@ -1071,6 +1071,8 @@ class Engine:
         # catch up: skip silent blocks while we are behind the live edge; a block is only
         # skipped when the block after it is silent too, so a soft onset is never cut
         skipped = skips = 0
+        thr = self._pauses.threshold_ms2        # the sources' pause level, mean square
+        quiet_ms2 = float(thr[rows[0]] if len(rows) == 1 else thr[rows].sum()) if rows else 0.0
         while skips < self.config.catchup_max_blocks and r < t:
             step = min(B, t - r, end - r)
             if step <= 0 or not rows:
@@ -1079,8 +1081,6 @@ class Engine:
             n_look = min(step + B, t + B - r)
             seg = H[rows[0], j:j + n_look] if len(rows) == 1 else \
                 H[rows, j:j + n_look].sum(axis=0)
-            thr = self._pauses.threshold_ms2
-            quiet_ms2 = thr[rows[0]] if len(rows) == 1 else thr[rows].sum()
             if float(np.dot(seg, seg)) >= quiet_ms2 * n_look:
                 break
             r += step

@@ -22,6 +22,8 @@ from brug.gateway.events import Event
 from brug.gateway.ports.base import MemoryPort
 from brug.gateway.signalling import NoPtt, ScheduledSquelch
 
+from helpers import noise
+
 FS = 16000
 DATA = Path(__file__).parent / "data"
 
@@ -176,8 +178,7 @@ def test_the_over_catches_up_its_ptt_lead_on_a_path_with_background_noise() -> N
     rig.engine.create_patch("P", ["a", "b"])
     x = speech()
     at = 3 * FS
-    noisy = (np.random.default_rng(1).standard_normal(at + len(x) + 2 * FS)
-             * 10 ** (-45 / 20)).astype(np.float32)
+    noisy = noise(FS, (at + len(x) + 2 * FS) / FS, -45.0, seed=1)
     noisy[at:at + len(x)] += x
     rig.ports["a"].feed(noisy)
     rig.run(len(noisy) / FS + 1.0)

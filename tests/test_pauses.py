@@ -7,7 +7,7 @@ import numpy as np
 
 from brug.gateway.pauses import MAX_DBFS, PauseLevel, PauseLevels
 
-from helpers import load_wav
+from helpers import load_wav, noise, rms_dbfs
 
 FS = 16000
 B = 80                      # 5 ms blocks
@@ -22,33 +22,24 @@ def blocks(x: np.ndarray) -> list[np.ndarray]:
     return [x[i:i + B] for i in range(0, len(x) // B * B, B)]
 
 
-def level_db(b: np.ndarray) -> float:
-    return float(10 * np.log10(np.mean(b.astype(np.float64) ** 2) + 1e-20))
-
-
-def noise(seconds: float, dbfs: float, seed: int = 3) -> np.ndarray:
-    return (np.random.default_rng(seed).standard_normal(int(seconds * FS))
-            * 10 ** (dbfs / 20)).astype(np.float32)
-
-
 def test_on_a_clean_path_a_pause_is_below_the_fixed_level() -> None:
     p = PauseLevel(-50.0, WINDOW)
     x = np.concatenate([np.zeros(FS, np.float32), speech(), np.zeros(FS, np.float32)])
     for b in blocks(x):
         quiet = p.observe(b)
-        assert quiet == (level_db(b) < -50.0)
+        assert quiet == (rms_dbfs(b) < -50.0)
     assert p.floor_dbfs == -np.inf
 
 
 def test_background_noise_is_a_pause_and_speech_over_it_is_not() -> None:
     """Speech over -45 dBFS noise: once a window has shown the floor, most noise blocks are
     pauses (before, none was: they are above -50 dBFS) and no block at speech level is."""
-    x = noise(10.0, -45.0)
+    x = noise(FS, 10.0, -45.0, seed=3)
     s = speech()
     at = 4 * FS
     x[at:at + len(s)] += s
     p = PauseLevel(-50.0, WINDOW)
-    verdicts = [(p.observe(b), level_db(b)) for b in blocks(x)]
+    verdicts = [(p.observe(b), rms_dbfs(b)) for b in blocks(x)]
     learnt = verdicts[2 * WINDOW:]
     noise_only = [q for i, (q, _) in enumerate(verdicts)
                   if 2 * WINDOW <= i and not at // B - 2 <= i <= (at + len(s)) // B + 2]
@@ -68,7 +59,7 @@ def test_a_steady_tone_is_never_a_pause() -> None:
 
 def test_digital_silence_brings_the_level_back_to_the_fixed_one() -> None:
     p = PauseLevel(-50.0, WINDOW)
-    for b in blocks(noise(5.0, -40.0)):
+    for b in blocks(noise(FS, 5.0, -40.0, seed=3)):
         p.observe(b)
     assert 10 * np.log10(p.threshold_ms2) > -40.0
     p.observe(np.zeros(B, np.float32))
@@ -77,7 +68,7 @@ def test_digital_silence_brings_the_level_back_to_the_fixed_one() -> None:
 
 def test_rows_keep_their_floor_through_a_remap_and_new_rows_start_over() -> None:
     bank = PauseLevels(-50.0, WINDOW, rows=2)
-    x = np.stack([noise(5.0, -40.0, 1), noise(5.0, -60.0, 2)])
+    x = np.stack([noise(FS, 5.0, -40.0, seed=1), noise(FS, 5.0, -60.0, seed=2)])
     for i in range(0, x.shape[1] // B * B, B):
         bank.observe(x[:, i:i + B])
     thr = 10 * np.log10(bank.threshold_ms2)

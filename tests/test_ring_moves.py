@@ -19,6 +19,8 @@ import pytest
 
 from brug.gateway.ports.soundcard import SoundCardPort
 
+from helpers import noise
+
 FS = 48000
 ENGINE = 16000
 BLOCK = 80            # 5 ms engine block
@@ -185,8 +187,7 @@ def test_a_burst_that_ran_the_transmit_ring_dry_once_does_not_again(
     x = (0.3 * np.sin(2 * np.pi * 1000 * t_s)).astype(np.float32)
     x[t_s % 1.0 >= 0.9] = 0.0
     if pause_dbfs is not None:
-        x += (np.random.default_rng(7).standard_normal(len(x))
-              * 10 ** (pause_dbfs / 20)).astype(np.float32)
+        x += noise(ENGINE, len(x) / ENGINE, pause_dbfs, seed=7)
     base = port.tx_setpoint
     lacked: list[int] = []          # zeros played at each early burst, device samples
     cushions: list[int] = []        # the transmit cushion just after each early burst
