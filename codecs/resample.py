@@ -296,6 +296,22 @@ class DriftController:
         """The last correction returned, in ppm."""
         return self._out
 
+    @property
+    def rate_ppm(self) -> float:
+        """The clock offset the loop has learned (its integral term's output), ppm: the
+        correction it would hold with the ring at its set point."""
+        return -self._ki * self._integ
+
+    def shift_rate(self, ppm: float) -> None:
+        """Add ``ppm`` to the learned clock offset (and to the output), as when the clock on
+        the far side of the ring changes to one whose offset is known: the loop goes on from
+        there instead of learning the new offset again (which lets the fill stray by about
+        ``v * rate * time_constant_s / e`` samples, :class:`DriftController`). Clamped to
+        ``max_ppm``."""
+        rate = max(-self.max_ppm, min(self.max_ppm, self.rate_ppm + float(ppm)))
+        self._out += rate - self.rate_ppm
+        self._integ = -rate / self._ki
+
     def update(self, fill: int) -> float:
         """Feed the ring fill (samples) once per block; return the correction in ppm."""
         self._updates += 1

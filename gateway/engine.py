@@ -83,7 +83,9 @@ class EngineConfig:
         Longest manual test transmission, s.
     clock:
         Port whose capture paces the real-time engine (a sound card), ``"first"`` the first
-        sound card, ``"none"`` (default) the monotonic clock (see :meth:`Engine.run_realtime`).
+        sound card, ``"floor"`` the card of whoever took the floor last (the first card until
+        someone does), ``"none"`` (default) the monotonic clock (see
+        :meth:`Engine.run_realtime`).
     """
 
     rate_hz: int = 16000
@@ -306,6 +308,8 @@ class Engine:
         self.late_ticks = 0
         self.clock_misses = 0
         self._clock: Any = None        # the port whose capture paces run_realtime
+        self._clock_next: Any = None   # clock "floor": the card to move to before the next tick
+        self.clock_moves = 0           # ... and how often it moved
         #: run_realtime ticks on the monotonic clock (no clock card, or the card is late)
         self.on_wall_clock = True
         self._wake = threading.Event()  # set by the clock port's capture callback
@@ -709,6 +713,9 @@ class Engine:
         was_on_wall_clock = True
         try:
             while not stop.is_set():
+                if self._clock_next is not None:    # a new talker's card (clock: floor)
+                    self._move_clock(self._clock_next)
+                    self._clock_next = None
                 clock = self._clock       # commands between ticks may replace the card
                 if clock is None:
                     self.on_wall_clock = True
@@ -750,16 +757,16 @@ class Engine:
 
     def _select_clock(self) -> None:
         """Pick the port that clocks the engine: the one named by ``EngineConfig.clock``
-        (``"first"``: the first port that can, ``"none"``: none). A port can when it has
+        (``"first"``: the first port that can, ``"floor"``: the same until someone takes the
+        floor, ``"none"``: none). A port can when it has
         ``attach_clock`` and ``ready`` (a sound card). Called on start and when ports come
         and go."""
         want = self.config.clock
-        chosen = None
+        chosen: Any = None
         if want != "none":
             for name in self._order:
                 port = self._ports[name].port
-                if want in ("first", name) and hasattr(port, "attach_clock") and \
-                        hasattr(port, "ready"):
+                if want in ("first", "floor", name) and self._can_clock(port):
                     chosen = port
                     break
         if chosen is not self._clock:
@@ -768,6 +775,49 @@ class Engine:
                 chosen.attach_clock(self._wake)
                 self._emit("engine.clock", {"port": chosen.name},
                            f"the engine ticks on {chosen.name}'s capture")
+
+    @staticmethod
+    def _can_clock(port: Any) -> bool:
+        """Can ``port`` clock the engine (a sound card: ``attach_clock`` and ``ready``)?"""
+        return hasattr(port, "attach_clock") and hasattr(port, "ready")
+
+    def _follow_floor(self, taken: list[str]) -> None:
+        """``engine.clock: floor``: ``taken`` are the ports that took a floor this tick. Unless
+        the card that clocks the engine belongs to someone who still talks (in any patch: its
+        audio must not be moved under it), the clock is to move to the last of them that is a
+        sound card, before the next tick (:meth:`_move_clock`). Engine thread."""
+        cur = self._clock
+        talking: set[str] = set()
+        for floor in self._patches.values():
+            if floor.holder is not None:
+                talking.add(floor.holder)
+            talking.update(floor.talkers)
+        if cur is not None and cur.name in talking:
+            return
+        for name in reversed(taken):
+            port = self._ports[name].port
+            if port is not cur and self._can_clock(port):
+                self._clock_next = port
+                return
+
+    def _move_clock(self, new: Any) -> None:
+        """Move the clock to the card ``new`` while the engine runs (``engine.clock: floor``).
+        Its receive ring keeps what it holds (the new talker's speech, read out in the next
+        ticks); the old card takes a receive cushion again; every port levels its rings for
+        the new pattern of ticks, and its drift loops shift by the new card's offset against
+        the old (which its receive loop has learned) instead of learning it again. Engine
+        thread, between ticks."""
+        old = self._clock
+        shift = None if old is None or self.on_wall_clock else float(new.capture_offset_ppm)
+        if old is not None and hasattr(old, "detach_clock"):
+            old.detach_clock()
+        new.attach_clock(self._wake, keep_ring=True)
+        self._clock = new
+        self.clock_moves += 1
+        for p in self._rows:
+            p.port.retime(shift)
+        self._emit("engine.clock", {"port": new.name, "prev": None if old is None else old.name},
+                   f"the engine ticks on {new.name}'s capture (it took the floor)")
 
     @staticmethod
     def _wait_clock(clock: Any, wake: threading.Event, until: float,
@@ -820,12 +870,19 @@ class Engine:
         # 3 floor
         routes: dict[str, tuple[str, ...]] = {}
         blocked: set[str] = set()
+        taken: list[str] = []
         for floor in self._patches.values():
             cor = {m: self._effective_cor(self._ports[m], t) for m in floor.members}
             for ch in floor.update(t, cor, self._cor_since):
                 self._emit_floor(floor, ch)
+                if ch.kind == "floor" and ch.port is not None:
+                    taken.append(ch.port)
+                elif ch.kind == "talkers":
+                    taken.extend(ch.talkers)
             routes.update(floor.routes())
             blocked |= floor.blocked
+        if taken and self.running and self.config.clock == "floor":
+            self._follow_floor(taken)
         # 4 route
         Y[:] = 0.0
         self._play_cache.clear()
@@ -1124,7 +1181,7 @@ class Engine:
         return {"t": self.t, "t_s": round(self.t / self.rate, 3), "rate_hz": self.rate,
                 "block": self.block, "ticks": self.ticks,
                 "clock": {"port": self.clock_name, "on_wall_clock": self.on_wall_clock,
-                          "misses": self.clock_misses},
+                          "misses": self.clock_misses, "moves": self.clock_moves},
                 "ports": ports, "patches": patches}
 
     def port_settings(self, name: str) -> PortSettings:

@@ -176,10 +176,10 @@ def parse_site(data: Any, pos: Positions, path: str) -> SiteConfig:
     if "clock" in eng:
         clock = eng["clock"]
         cards = [n for n, spec in ports.items() if spec.kind == "soundcard"]
-        if not isinstance(clock, str) or (clock not in ("none", "first") and
+        if not isinstance(clock, str) or (clock not in ("none", "first", "floor") and
                                           clock not in cards):
             raise ctx.err("engine.clock", f"{clock!r} is not a sound-card port; give one of: "
-                          f"{', '.join([*cards, 'first', 'none'])}")
+                          f"{', '.join([*cards, 'first', 'floor', 'none'])}")
     patches: dict[str, PatchSpec] = {}
     used: dict[str, str] = {}
     for n, v in ctx.mapping("patches", data.get("patches") or {}).items():

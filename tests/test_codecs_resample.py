@@ -266,6 +266,23 @@ def test_a_levelled_ring_keeps_the_clock_offset_learned() -> None:
     assert _worst_excursion(ctl, 280.0, 60.0) > 48 * 2.5
 
 
+def test_a_clock_change_of_known_offset_is_shifted_in_not_learned_again() -> None:
+    """The engine's clock moves to another card whose offset is known (80 ppm here): the
+    card's ring then runs 280 - 80 = 200 ppm off. Shifting the learned rate by the 80 ppm
+    keeps the fill within half a millisecond; learning the new offset from scratch strays by
+    more than 2 ms."""
+    ctl = DriftController(144, 48000, period_samples=240, time_constant_s=30.0)
+    _worst_excursion(ctl, 280.0, 180.0)
+    assert ctl.rate_ppm == pytest.approx(-280.0, abs=15.0)
+    ctl.shift_rate(80.0)
+    assert ctl.rate_ppm == pytest.approx(-200.0, abs=15.0)
+    assert _worst_excursion(ctl, 200.0, 60.0) < 48 * 0.5
+    ctl.reset(settled=True)
+    assert _worst_excursion(ctl, 200.0, 60.0) > 48 * 2.0
+    ctl.shift_rate(-5000.0)                       # never beyond the loop's limit
+    assert ctl.rate_ppm == -ctl.max_ppm
+
+
 def test_acquisition_phase_keeps_a_thin_cushion() -> None:
     """A card 280 ppm fast (what the virtual cards run off the monotonic clock): the 30 s loop
     lets the fill stray by about 3 ms before it has caught up, more than a 3 ms cushion; 30 s

@@ -190,3 +190,66 @@ class soundcards_recorder:  # noqa: N801 - reads like a function at the call sit
 
     def stop(self) -> list[np.ndarray]:
         return [r.stop() for r in self.recs]
+
+
+FLOOR_SITE = """
+engine: {rate_hz: 16000, block_ms: 5, clock: floor}
+ports:
+  be1: {device: brug_be1, network: be_astrid, talkgroup: BE-TAC3, ptt: {type: none, lead_ms: 0}}
+  nl1: {device: brug_nl1, network: nl_c2000, talkgroup: NL-OPS2, ptt: {type: none, lead_ms: 0}}
+patches:
+  OP-TEST: {members: [be1, nl1], mode: half_duplex}
+"""
+
+
+@pytest.mark.slow
+def test_the_engine_clock_follows_the_talker(soundcards: Any) -> None:
+    """``engine.clock: floor``: a conversation, be1 -> nl1, then nl1 -> be1, then be1 again.
+    The engine moves its clock to each new talker's card as the talker takes the floor, so
+    the talker's capture waits in no ring whichever way the over goes: the reply through
+    nl1 is as quick as the call through be1 (on a clock that stays on be1 it comes a
+    receive cushion and a capture burst later, 15-20 ms on this path). Nothing of the
+    over is lost when the clock moves under it: its opening phrase comes through whole."""
+    cards = soundcards.up("be1", "nl1")
+    sig, seg = make_signal()
+    head = slice(FS // 4, FS // 4 + FS // 2)          # the opening phrase
+    gw = Gateway(parse_site_text(FLOOR_SITE, "floor-site.yaml"))
+    events: list[Any] = []
+    gw.engine.events.subscribe(events.extend)
+    gw.start()
+    try:
+        time.sleep(0.5)
+        ways = [("be1", "nl1"), ("nl1", "be1"), ("be1", "nl1")]
+        for take in range(1, 4):
+            before = platform_xruns(gw)
+            moves0 = gw.engine.clock_moves
+            overs = []
+            for talker, hearer in ways:
+                rec = playrec(cards[talker].air_rx, cards[hearer].air_tx, sig, FS, tail_s=1.2)
+                lag, corr = lag_of(sig, seg, rec)
+                h_lag = xcorr_delay(sig[head], rec[head.start:], FS, max_delay_s=0.6)
+                overs.append((lag, corr, windowed_corr(sig[head], rec, head.start + h_lag),
+                              gw.engine.clock_name))
+            xruns = platform_xruns(gw) - before
+            if not xruns:
+                break
+        snap = gw.engine.submit(lambda e: e.snapshot()).result(timeout=2)
+    finally:
+        gw.stop()
+    report = (f"take {take}, platform xruns {xruns}, overs (lag ms, corr, head corr, clock): "
+              f"{[(round(a, 1), round(b, 3), round(c, 3), d) for a, b, c, d in overs]}; "
+              f"stats {[p['stats'] for p in snap['ports'].values()]}")
+    print("\nfloor clock:", report)
+    # the clock was on each over's talker while it talked, and moved twice in the take
+    assert [clock for *_, clock in overs] == ["be1", "nl1", "be1"], report
+    assert gw.engine.clock_moves - moves0 == 2, report
+    assert [e.data["port"] for e in events if e.topic == "engine.clock"][-2:] == \
+        ["nl1", "be1"], report
+    heard = 0.95 if not xruns else 0.8
+    for lag, corr, head_corr, _ in overs:
+        assert corr > heard, report
+        assert head_corr > heard, report          # nothing lost as the clock moved
+    if not xruns:
+        # the reply is as quick as the call (both ways on the talker's own card)
+        calls = (overs[0][0] + overs[2][0]) / 2
+        assert abs(overs[1][0] - calls) < 12.0, report

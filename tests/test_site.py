@@ -115,7 +115,8 @@ BAD = [
     ("engine: {rate_hz: 96000}\nports:\n  be1: {device: x}\n",
      "site.yaml:1: engine.rate_hz: 96000 is outside"),
     ("engine: {clock: nl1}\nports:\n  be1: {device: x}\n",
-     "site.yaml:1: engine.clock: 'nl1' is not a sound-card port; give one of: be1, first, none"),
+     "site.yaml:1: engine.clock: 'nl1' is not a sound-card port; give one of: be1, first, "
+     "floor, none"),
     ("ports:\n  be1: {device: x, squelch: {type: vox, open_dbfs: -50, close_dbfs: -40}}\n",
      "ports.be1.squelch.close_dbfs: must not be above"),
     ("ports:\n  be1: {device: x, colour: red}\n",

@@ -70,10 +70,12 @@ class Port(ABC):
     def stop(self) -> None:
         """Close the device. Idempotent."""
 
-    def retime(self) -> None:
-        """The engine's ticks now follow another clock (its clock card was lost or came back):
-        buffers sized for the old pattern of ticks may measure themselves again. Called on
-        the engine thread between ticks; default: nothing to do."""
+    def retime(self, shift_ppm: float | None = None) -> None:
+        """The engine's ticks now follow another clock (its clock card was lost or came back,
+        or the clock moved to the card of a new talker): buffers sized for the old pattern of
+        ticks may measure themselves again. ``shift_ppm``: how much faster the new clock runs
+        than the old one, when known (a card's offset its drift loop has learned), else
+        ``None``. Called on the engine thread between ticks; default: nothing to do."""
 
     def poll_faults(self) -> list[tuple[str, str]]:
         """Return and clear faults seen since the last call as ``(kind, info)`` pairs.

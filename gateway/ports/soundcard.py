@@ -297,6 +297,7 @@ class SoundCardPort(Port):
         self.tx_setpoint = max(1, int(round(tx_setpoint_ms * self.rate_hz / 1000)))
         # the configured cushions: a grown cushion gives back down to these
         self._rx_base, self._tx_base = self.rx_setpoint, self.tx_setpoint
+        self._rx_configured = self.rx_setpoint    # (a clock card holds none, detach_clock)
         self.shrink_after_s = float(shrink_after_s)
         self.shrink_first_s = min(float(shrink_first_s), self.shrink_after_s)
         self.max_ppm = max_ppm
@@ -327,21 +328,53 @@ class SoundCardPort(Port):
         self.engine_rate = 0
         self.block = 0
 
-    def attach_clock(self, wake: threading.Event) -> None:
+    def attach_clock(self, wake: threading.Event, *, keep_ring: bool = False) -> None:
         """Let this card clock the engine: every capture callback sets ``wake`` and the
         engine ticks whenever :meth:`ready` says a block can be read.
 
         The receive ring's set point drops to :data:`CLOCK_RX_SETPOINT_MS` and its drift loop
         is off (the engine follows this card's crystal exactly); the transmit ring keeps its
         set point, for the playback stream's own bursts. On a running port the receive side
-        primes again at the new set point (dropping what the ring held beyond it).
+        primes again at the new set point (dropping what the ring held beyond it), unless
+        ``keep_ring``: the clock moves here while audio flows (``engine.clock: floor``, the
+        card of a talker who just took the floor), so what the ring holds is that talker's
+        speech. It stays, and the engine reads it out in back-to-back ticks: the delay it
+        held moves, unchanged, into the listeners' transmit rings, which level it out in
+        their next pause (:meth:`retime`).
         """
         self._wake = wake
         self.rx_setpoint = max(0, int(round(CLOCK_RX_SETPOINT_MS * self.rate_hz / 1000)))
         self._rx_base = self.rx_setpoint
         if self.engine_rate:
             self._set_latency()
-            self._rx_reset = True
+            if keep_ring:
+                self._rs_in.set_correction_ppm(0.0)   # the engine runs on this crystal now
+                self._rx_level.cushion = self.rx_setpoint
+                self._rx_hold = 0
+            else:
+                self._rx_reset = True
+
+    def detach_clock(self) -> None:
+        """The engine no longer ticks on this card (its clock moved to another card): the
+        receive ring takes its configured cushion again. It holds next to nothing now, so it
+        levels up in its next pause (:meth:`retime`, which the engine calls next and which
+        gives the drift loop the offset against the new clock). Engine thread, between
+        ticks."""
+        self._wake = None
+        self.rx_setpoint = self._rx_base = self._rx_configured
+        if self.engine_rate:
+            self._rx_level.cushion = self.rx_setpoint
+            self._dc_in.reset()     # no offset against itself: retime shifts it from zero
+            self._set_latency()
+
+    @property
+    def capture_offset_ppm(self) -> float:
+        """How much faster this card's capture runs than the engine's clock, ppm, as its
+        receive drift loop has learned it (0 on the card that clocks the engine)."""
+        if self._wake is not None or not self.engine_rate:
+            return 0.0
+        # the loop's correction makes the resampler produce less from a fast card
+        return -self._dc_in.rate_ppm
 
     def _set_latency(self) -> None:
         """Receive-side delay (resampler plus the receive ring's average fill: its held set
@@ -649,15 +682,25 @@ class SoundCardPort(Port):
             loop.reset(settled=True, keep_rate=True)
         return step
 
-    def retime(self) -> None:
+    def retime(self, shift_ppm: float | None = None) -> None:
         """Level both rings again: the engine's ticks now come in another pattern (on the
-        monotonic clock, or in the bursts of a clock card's capture). Engine thread."""
+        monotonic clock, or in the bursts of a clock card's capture). The rings' clock
+        offsets are now against another clock: with ``shift_ppm`` (the new clock runs that
+        much faster than the old) the drift loops go on from their offsets, the receive
+        loop's correction up by that shift and the transmit loop's down; without it they
+        learn them again (which lets a ring stray by a few ms, :class:`DriftController`).
+        Engine thread."""
         self._rx_level.restart()
         self._tx_level.restart()
         self._tx_topup = False
-        # the ring's clock offset is now against another clock: learn it again
-        self._dc_in.reset()
-        self._dc_out.reset()
+        if shift_ppm is None:
+            self._dc_in.reset()
+            self._dc_out.reset()
+        else:
+            # a faster engine clock: this card's capture is slower against it (the receive
+            # resampler must produce more), its playback is slower too (produce less)
+            self._dc_in.shift_rate(shift_ppm)
+            self._dc_out.shift_rate(-shift_ppm)
 
     def _fill_fifo(self, n: int) -> None:
         while self._fifo.fill < n and self.rx.fill >= self._pull:
