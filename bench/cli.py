@@ -40,9 +40,9 @@ def _plan(args: argparse.Namespace, sc: Scenario) -> Any:
                                                                     block_ms=args.block_ms))
     if args.clock:
         names = {p.name for p in plan.ports}
-        if args.clock not in ("first", "none") and args.clock not in names:
-            raise ScenarioError("--clock", 0, "", f"{args.clock!r} is no port of "
-                                f"this run (ports: {', '.join(sorted(names))}; or first, none)")
+        if args.clock not in ("first", "floor", "none") and args.clock not in names:
+            raise ScenarioError("--clock", 0, "", f"{args.clock!r} is no port of this run "
+                                f"(ports: {', '.join(sorted(names))}; or first, floor, none)")
         plan = dataclasses.replace(plan, engine=dataclasses.replace(plan.engine,
                                                                     clock=args.clock))
     return plan
@@ -64,7 +64,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stretch", type=float, default=1.0,
                    help="scale the idle gaps between overs by this factor")
     p.add_argument("--block-ms", type=float, default=None, help="engine block (ms)")
-    p.add_argument("--clock", default=None, metavar="PORT|first|none",
+    p.add_argument("--clock", default=None, metavar="PORT|first|floor|none",
                    help="realtime: the sound card whose capture clocks the engine "
                         "(default: the site file's engine.clock)")
     p.add_argument("--no-quality", action="store_true", help="skip PESQ and STOI")
@@ -146,7 +146,11 @@ def _latency(args: argparse.Namespace) -> int:
     setup = LatencySetup(minutes=args.minutes, every_s=args.every_s, clock=args.clock,
                          latency_ms=args.latency_ms, rx_ms=args.rx_ms, tx_ms=args.tx_ms,
                          target_ms=args.target_ms, max_drift_ms=args.max_drift_ms,
-                         wire=args.wire, noise_dbfs=args.noise_dbfs)
+                         wire=args.wire, noise_dbfs=args.noise_dbfs,
+                         both_ways=args.both_ways)
+    if args.both_ways and args.wire:
+        raise ScenarioError("--both-ways", 0, "", "the bare wire goes one way only; drop "
+                            "--wire or --both-ways")
     if args.noise_dbfs is not None and not -90.0 <= args.noise_dbfs <= -20.0:
         raise ScenarioError("--noise-dbfs", 0, "", f"must be -90..-20 dBFS, got "
                             f"{args.noise_dbfs}")
@@ -157,6 +161,9 @@ def _latency(args: argparse.Namespace) -> int:
           f"delay median {a.get('median')} ms (p95 {a.get('p95')}, {a.get('min')}.."
           f"{a.get('max')}), drift {s.get('drift_ms')} ms, {s['glitches']} glitch windows; "
           f"report {args.out / 'report.md'}")
+    for w, b in s.get("by_way", {}).items():
+        print(f"  {w} -> {'hear' if w == 'talk' else 'talk'}: {b['heard']}/{b['overs']} heard, "
+              f"median {b['median_ms']} ms (p95 {b['p95_ms']}), {b['glitches']} glitch windows")
     for f in s["verdict"]["failures"]:
         print(f"brug bench latency: FAIL: {f}", file=sys.stderr)
     return 1 if s["verdict"]["failures"] else 0
@@ -189,8 +196,11 @@ def register(subparsers: Any) -> None:
                                         "cards, over minutes (docs/soundcards.md)")
     lt.add_argument("--minutes", type=float, default=10.0, help="how long to run (default 10)")
     lt.add_argument("--every-s", type=float, default=7.0, help="one over every S seconds")
-    lt.add_argument("--clock", choices=("none", "talk", "hear"), default="none",
-                    help="the engine ticks on the monotonic clock (default) or a card")
+    lt.add_argument("--clock", choices=("none", "talk", "hear", "floor"), default="none",
+                    help="the engine ticks on the monotonic clock (default), a card, or the "
+                         "card of whoever took the floor last")
+    lt.add_argument("--both-ways", action="store_true",
+                    help="every second over goes the other way (hear -> talk)")
     lt.add_argument("--latency-ms", type=float, default=None,
                     help="PortAudio latency asked for on both cards (site key buffers)")
     lt.add_argument("--rx-ms", type=float, default=None, help="receive ring set point, ms")

@@ -42,6 +42,9 @@ from brug.gateway.ports.soundcard import DEFAULT_LATENCY_S, DEFAULT_RX_MS, DEFAU
 
 Array = npt.NDArray[np.float32]
 TALK, HEAR = "lat-talk", "lat-hear"
+#: The recorders of the way back (``LatencySetup.both_ways``): ``lat-hear``'s gateway input and
+#: what the gateway made ``lat-talk``'s terminal transmit.
+HEAR_IN, TALK_OUT = "lat-hear-in", "lat-talk-out"
 #: The phrase (bench/traffic, origin and licence in its README): the first 0.5 s of one clip,
 #: a pause shorter than the VOX hang, then a 4 s sentence measured on its second half.
 HEAD_FILE, BODY_FILE = "alsa_front-left.wav", "arctic_a0007.wav"
@@ -83,8 +86,11 @@ RING_KEYS = ("rx_fill", "tx_fill", "rx_ppm", "tx_ppm", "underruns",
 class LatencySetup:
     """What is measured: the engine's clock and each card's buffering (None: the defaults).
 
-    ``clock`` is ``"talk"`` (the engine ticks on the talker's card), ``"hear"`` or
-    ``"none"`` (the monotonic clock, the site file's default). Buffers in ms. ``wire``
+    ``clock`` is ``"talk"`` (the engine ticks on the talker's card), ``"hear"``, ``"floor"``
+    (on the card of whoever took the floor last) or ``"none"`` (the monotonic clock, the
+    site file's default). ``both_ways``: every second over goes the other way, from
+    ``lat-hear`` to ``lat-talk`` (a conversation; the card that clocks the engine is then the
+    talker's in only half the overs unless the clock follows the floor). Buffers in ms. ``wire``
     measures a bare sounddevice wire (:class:`Wire`) in the gateway's place, the floor any
     gateway on this path stands on. ``noise_dbfs``: white noise at this level under the
     talker's audio for the whole run (its pauses are then not digital silence, as on a
@@ -101,6 +107,7 @@ class LatencySetup:
     max_drift_ms: float = 2.0
     wire: bool = False
     noise_dbfs: float | None = None
+    both_ways: bool = False
 
     @property
     def card_latency_s(self) -> float:
@@ -111,6 +118,7 @@ class LatencySetup:
         """What ran, in one line (the plot's title and the report's first row)."""
         lat = f"latency {1000 * self.card_latency_s:g} ms"
         noise = "" if self.noise_dbfs is None else f", noise {self.noise_dbfs:g} dBFS"
+        noise += ", both ways" if self.both_ways else ""
         if self.wire:
             return f"bare sounddevice wire, {lat}{noise}"
         rx = DEFAULT_RX_MS if self.rx_ms is None else self.rx_ms
@@ -122,7 +130,7 @@ class LatencySetup:
         buf = {k: v for k, v in (("latency_ms", self.latency_ms), ("rx_ms", self.rx_ms),
                                  ("tx_ms", self.tx_ms)) if v is not None}
         extra = f", buffers: {json.dumps(buf)}" if buf else ""
-        clock = self.clock if self.clock in ("talk", "hear") else "none"
+        clock = self.clock if self.clock in ("talk", "hear", "floor") else "none"
         return (f"engine: {{rate_hz: 16000, block_ms: 5, clock: {clock}}}\n"
                 "ports:\n"
                 f"  talk: {{device: brug_{TALK}, network: a, talkgroup: A, "
@@ -317,6 +325,18 @@ def summarize(rows: list[dict[str, Any]], setup: LatencySetup) -> dict[str, Any]
                    drift_ms=round(float(np.median(last) - np.median(first)), 2),
                    direct_ms_median=round(float(np.median(
                        [r["direct_ms"] for r in rows])), 2))
+    if setup.both_ways:
+        # each way on its own: the engine's clock card is the talker's in one of them only,
+        # unless the clock follows the floor
+        out["by_way"] = {}
+        for who in ("talk", "hear"):
+            mine = [r for r in rows if r.get("from", "talk") == who]
+            a_w = [r["added_ms"] for r in mine if r["added_ms"] is not None]
+            out["by_way"][who] = {
+                "overs": len(mine), "heard": len(a_w),
+                "glitches": sum(r["glitches"] or 0 for r in mine),
+                "median_ms": round(float(np.median(a_w)), 2) if a_w else None,
+                "p95_ms": round(float(np.percentile(a_w, 95)), 2) if a_w else None}
     fails = []
     if missed:
         fails.append(f"{missed} over(s) not heard")
@@ -344,8 +364,14 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str,
     t = [r["t_s"] / 60.0 for r in rows]
     fig, (ax1, ax2, ax3) = plt.subplots(3, 1, figsize=(9, 7.5), sharex=True,
                                         gridspec_kw={"height_ratios": [3, 1.2, 2]})
-    ax1.plot(t, [r["added_ms"] if r["added_ms"] is not None else np.nan for r in rows],
-             ".-", label="added by the gateway")
+    whos = sorted({r.get("from", "talk") for r in rows}, reverse=True)
+    for who in whos:
+        mine = [r for r in rows if r.get("from", "talk") == who]
+        label = "added by the gateway" if len(whos) == 1 else \
+            f"added, {who} -> {'hear' if who == 'talk' else 'talk'}"
+        ax1.plot([r["t_s"] / 60.0 for r in mine],
+                 [r["added_ms"] if r["added_ms"] is not None else np.nan for r in mine],
+                 ".-", label=label)
     ax1.plot(t, [r["direct_ms"] for r in rows], ".", color="grey",
              label="rig alone (air_rx -> gateway input)")
     for r in rows:
@@ -398,17 +424,27 @@ def run_latency(setup: LatencySetup, out: Path, *, progress: bool = True,
                                  + 1))]
     site = parse_site_text(setup.site_text(), "latency-site.yaml")
     raw = out / ".raw"
-    talk: list[tuple[int, Array]] = [(s, x) for s in starts]
+    # who talks in each over: (player, its gateway input's recorder, the listener's recorder)
+    ways = [(TALK, TALK, HEAR), (HEAR, HEAR_IN, TALK_OUT)]
+    way = [ways[k % 2 if setup.both_ways else 0] for k in range(len(starts))]
+    plays: dict[str, list[tuple[int, Array]]] = {TALK: [], HEAR: []}
+    for s_, w in zip(starts, way):
+        plays[w[0]].append((s_, x))
     if setup.noise_dbfs is not None:
-        # one 10 s stretch of noise, back to back for the whole run (pickled once)
+        # one 10 s stretch of noise, back to back for the whole run (pickled once), under
+        # every talker
         chunk = (np.random.default_rng(11).standard_normal(10 * rate)
                  * 10 ** (setup.noise_dbfs / 20)).astype(np.float32)
-        talk += [(k * len(chunk), chunk)
-                 for k in range(int((total_s + TAIL_S) * rate) // len(chunk) + 1)]
-    terms = TerminalSide({TALK: talk},
-                         {TALK: (names[TALK].air_rx, names[TALK].input),
-                          HEAR: (names[HEAR].air_rx, names[HEAR].air_tx)}, raw,
-                         slip_s=math.inf)
+        for name in (TALK, HEAR) if setup.both_ways else (TALK,):
+            plays[name] += [(k * len(chunk), chunk)
+                            for k in range(int((total_s + TAIL_S) * rate) // len(chunk) + 1)]
+    devices: dict[str, tuple[str | None, str]] = {
+        TALK: (names[TALK].air_rx, names[TALK].input),
+        HEAR: (names[HEAR].air_rx, names[HEAR].air_tx)}
+    if setup.both_ways:
+        devices.update({HEAR_IN: (None, names[HEAR].input),
+                        TALK_OUT: (None, names[TALK].air_tx)})
+    terms = TerminalSide({n: v for n, v in plays.items() if v}, devices, raw, slip_s=math.inf)
     faults: list[str] = []
     gw: Any
     if setup.wire:
@@ -451,32 +487,45 @@ def run_latency(setup: LatencySetup, out: Path, *, progress: bool = True,
         if own is not None:
             own.down()
     prog.done()
-    # each stream's clock from its timestamps over the whole run: when over k left the
+    # each stream's clock from its timestamps over the whole run: when over k left its
     # player, and which sample of each recording was captured then
-    p0, p_slope = clock_fit(results[TALK]["stamps_out"])
-    # the player's sample count starts at its first buffer, scenario sample `first`
-    first = int(round((results[TALK]["stamps_out"][0][1] - t0) * rate))
-    played = [p0 + (s_ - first) * p_slope for s_ in starts]
-    at: dict[str, list[int]] = {}
+    clocks: dict[str, float] = {}
     rec: dict[str, Array] = {}
-    clocks = {"player_ppm": round((p_slope * rate - 1.0) * 1e6, 1)}
-    for name in (TALK, HEAR):
+    for name in devices:
         r0, r_slope = clock_fit(results[name]["stamps_in"])
-        at[name] = [int(round((tp - r0) / r_slope)) for tp in played]
-        rec[name], _ = sf.read(str(results[name]["wav"]), dtype="float32")
         clocks[f"{name}_recorder_ppm"] = round((r_slope * rate - 1.0) * 1e6, 1)
-    talk_in, hear_raw = rec[TALK], rec[HEAR]
+        rec[name], _ = sf.read(str(results[name]["wav"]), dtype="float32")
+    rows: list[dict[str, Any]] = []
+    for player, direct, heard_by in ways[:2 if setup.both_ways else 1]:
+        ks = [k for k, w in enumerate(way) if w[0] == player]
+        p0, p_slope = clock_fit(results[player]["stamps_out"])
+        clocks[f"{player}_player_ppm"] = round((p_slope * rate - 1.0) * 1e6, 1)
+        # the player's sample count starts at its first buffer, scenario sample `first`
+        first = int(round((results[player]["stamps_out"][0][1] - t0) * rate))
+        played = [p0 + (starts[k] - first) * p_slope for k in ks]
+        at: dict[str, list[int]] = {}
+        for name in (direct, heard_by):
+            r0, r_slope = clock_fit(results[name]["stamps_in"])
+            at[name] = [int(round((tp - r0) / r_slope)) for tp in played]
+        part = analyse(rec[direct], rec[heard_by], [starts[k] for k in ks], rate, at[direct],
+                       at[heard_by])
+        # where each over starts in what its listener recorded (hear.wav, talk.wav)
+        listener = "hear" if heard_by == HEAR else "talk"
+        for row, k, a in zip(part, ks, at[heard_by]):
+            row.update({"over": k + 1, "from": "talk" if player == TALK else "hear",
+                        f"{listener}_wav_sample": a})
+        rows += part
+    rows.sort(key=lambda r: r["over"])
     for r in results.values():
         Path(r["wav"]).unlink(missing_ok=True)
     try:
         raw.rmdir()
     except OSError:
         pass
-    # what the hearing terminal recorded, as recorded; each over's row says where it starts
-    sf.write(str(out / "hear.wav"), hear_raw, rate, subtype="PCM_16")
-    rows = analyse(talk_in, hear_raw, starts, rate, at[TALK], at[HEAR])
-    for row, a in zip(rows, at[HEAR]):
-        row["hear_wav_sample"] = a
+    # what the listening terminals recorded, as recorded
+    sf.write(str(out / "hear.wav"), rec[HEAR], rate, subtype="PCM_16")
+    if setup.both_ways:
+        sf.write(str(out / "talk.wav"), rec[TALK_OUT], rate, subtype="PCM_16")
     summary = summarize(rows, setup)
     m = {"schema": "brug-bench-latency/1", "setup": setup.__dict__,
          "site": None if setup.wire else setup.site_text(),
@@ -510,6 +559,13 @@ def write_report(m: dict[str, Any], path: Path) -> None:
               f"| drift, first -> last minute | {s.get('drift_ms')} ms |",
               f"| glitch windows | {s['glitches']} |",
               f"| rig alone, median | {s.get('direct_ms_median')} ms |",
+              *[f"| {w} -> {'hear' if w == 'talk' else 'talk'}: heard, median (p95), glitch "
+                f"windows | {b['heard']}/{b['overs']}, {b['median_ms']} ms ({b['p95_ms']}), "
+                f"{b['glitches']} |" for w, b in s.get("by_way", {}).items()],
+              f"| engine clock: card at the end, misses, moves | "
+              f"{(m.get('engine_clock') or {}).get('port')}, "
+              f"{(m.get('engine_clock') or {}).get('misses')}, "
+              f"{(m.get('engine_clock') or {}).get('moves')} |",
               f"| faults | {len(m['faults'])} |", "", "![latency](latency.png)", "",
               "| port | underruns | overruns | device underruns | device overruns | reopens |",
               "|---|---|---|---|---|---|"]

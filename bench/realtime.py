@@ -74,7 +74,8 @@ class Terminal:
     that a writer thread drains into a WAV file.
     """
 
-    def __init__(self, name: str, air_rx: str, air_tx: str, segments: list[tuple[int, Array]],
+    def __init__(self, name: str, air_rx: str | None, air_tx: str,
+                 segments: list[tuple[int, Array]],
                  rate_hz: int, wav: Path, slip_s: float = SLIP_S) -> None:
         self.name = name
         #: timestamps and sample count may disagree this much before the stream is put back
@@ -177,9 +178,10 @@ class Terminal:
                                       blocksize=int(self.rate * 0.02), latency=0.06)
         self._streams = (
             sd.InputStream(device=find_device(self.air_tx, "input"),
-                           callback=self._in_callback, **common),
-            sd.OutputStream(device=find_device(self.air_rx, "output"),
-                            callback=self._out_callback, **common))
+                           callback=self._in_callback, **common),)
+        if self.air_rx is not None:    # (None: a recorder only)
+            self._streams += (sd.OutputStream(device=find_device(self.air_rx, "output"),
+                                              callback=self._out_callback, **common),)
         for st in self._streams:
             st.start()
 
@@ -234,7 +236,8 @@ def aligned(wav: Path, anchors: list[tuple[int, float]], t0: float, rate: int,
 Segments = dict[str, list[tuple[int, Array]]]
 
 
-def _terminal_main(conn: Any, source: ReplayPlan | Segments, cards: dict[str, tuple[str, str]],
+def _terminal_main(conn: Any, source: ReplayPlan | Segments,
+                   cards: dict[str, tuple[str | None, str]],
                    raw: Path, slip_s: float = SLIP_S) -> None:
     """The terminal process: prepare every card's receive audio (a plan's, or ``source``'s
     segments per card at the card rate), then obey ``conn``: ``("start", t0)``, ``("stop",)``.
@@ -270,11 +273,12 @@ def _terminal_main(conn: Any, source: ReplayPlan | Segments, cards: dict[str, tu
 class TerminalSide:
     """Every card's terminal side in a child process (spawned: it inherits the environment
     that reaches the virtual cards, not the parent's threads). ``cards``: name -> (device to
-    play into, device to record); ``source``: a plan (each port plays its transmissions) or
-    the segments ``(start sample, audio)`` each name plays; ``slip_s`` as for
-    :class:`Terminal`."""
+    play into or ``None`` for a recorder only, device to record); ``source``: a plan (each
+    port plays its transmissions) or the segments ``(start sample, audio)`` each name plays;
+    ``slip_s`` as for :class:`Terminal`."""
 
-    def __init__(self, source: ReplayPlan | Segments, cards: dict[str, tuple[str, str]],
+    def __init__(self, source: ReplayPlan | Segments,
+                 cards: dict[str, tuple[str | None, str]],
                  raw: Path, slip_s: float = SLIP_S) -> None:
         raw.mkdir(parents=True, exist_ok=True)
         ctx = mp.get_context("spawn")

@@ -117,6 +117,30 @@ def test_short_run_through_virtual_sound_cards(soundcards, tmp_path: Path) -> No
     assert len(saved["engine_time"]["rows"]) >= 20
 
 
+def test_both_ways_with_the_clock_on_the_floor(soundcards, tmp_path: Path) -> None:
+    """``--both-ways --clock floor``: the overs alternate between the two terminals, each
+    way is measured against its own talker's recordings (the reply's position in
+    ``talk.wav`` checks out independently), and the engine's clock moved to each new
+    talker."""
+    setup = LatencySetup(minutes=0.5, every_s=7.0, clock="floor", both_ways=True)
+    m = run_latency(setup, tmp_path, progress=False, cards=soundcards)
+    rows = m["overs"]
+    assert [r["from"] for r in rows[:4]] == ["talk", "hear", "talk", "hear"], rows
+    assert all(r["added_ms"] is not None for r in rows), rows
+    assert all(abs(r["direct_ms"]) < 6.0 for r in rows), rows
+    assert all(5.0 < r["added_ms"] < 100.0 for r in rows), rows
+    reply = rows[1]
+    talk, fs = sf.read(str(tmp_path / "talk.wav"), dtype="float32")
+    x, seg = phrase(fs)
+    p = reply["talk_wav_sample"] + seg.start
+    lag = xcorr_delay(x[seg], talk[p:p + len(x[seg]) + fs], fs, max_delay_s=0.6)
+    assert abs(1000.0 * lag / fs - reply["path_ms"]) < 0.5
+    ways = m["summary"]["by_way"]
+    assert ways["talk"]["heard"] >= 2 and ways["hear"]["heard"] >= 2, ways
+    assert m["engine_clock"]["moves"] >= len(rows) - 1, m["engine_clock"]
+    assert "hear -> talk: heard, median" in (tmp_path / "report.md").read_text()
+
+
 def test_bare_wire_in_the_gateways_place(soundcards, tmp_path: Path) -> None:
     """``--wire``: the same rig with a bare duplex sounddevice wire in the gateway's place
     carries every over, with a delay of the path alone (31 ms on an idle machine); here with
