@@ -357,14 +357,20 @@ class SoundCardPort(Port):
     def detach_clock(self) -> None:
         """The engine no longer ticks on this card (its clock moved to another card): the
         receive ring takes its configured cushion again. It holds next to nothing now, so it
-        levels up in its next pause (:meth:`retime`, which the engine calls next and which
-        gives the drift loop the offset against the new clock). Engine thread, between
-        ticks."""
+        primes again as at a start, keeping what it holds: the engine reads zeros from it
+        until it has gained its cushion and a burst allowance (10-20 ms), then it levels.
+        The engine moves its clock away only from a card whose user is not talking, so that
+        hold is silence; levelling up in a pause instead left the ring short for the second
+        or so the leveller measures: 5 receive underruns a move in a 10-minute bench run.
+        :meth:`retime`, which the engine calls next, gives the drift loop its offset against
+        the new clock. Engine thread, between ticks."""
         self._wake = None
         self.rx_setpoint = self._rx_base = self._rx_configured
         if self.engine_rate:
             self._rx_level.cushion = self.rx_setpoint
             self._dc_in.reset()     # no offset against itself: retime shifts it from zero
+            self._primed = False
+            self._rx_hold = 0
             self._set_latency()
 
     @property
