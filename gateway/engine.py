@@ -782,10 +782,12 @@ class Engine:
         return hasattr(port, "attach_clock") and hasattr(port, "ready")
 
     def _follow_floor(self, taken: list[str]) -> None:
-        """``engine.clock: floor``: ``taken`` are the ports that took a floor this tick. Unless
-        the card that clocks the engine belongs to someone who still talks (in any patch: its
-        audio must not be moved under it), the clock is to move to the last of them that is a
-        sound card, before the next tick (:meth:`_move_clock`). Engine thread."""
+        """``engine.clock: floor``, after a floor changed hands: ``taken`` are the ports that
+        took a floor this tick. Unless the card that clocks the engine belongs to someone who
+        still talks (in any patch: a talker keeps the clock to the end of the over), the clock
+        is to move to the last of them that is a sound card, else (the clock's talker let go
+        while someone in another patch talks on) to one who still talks, before the next tick
+        (:meth:`_move_clock`). Engine thread; after floor changes only."""
         cur = self._clock
         talking: set[str] = set()
         for floor in self._patches.values():
@@ -794,9 +796,9 @@ class Engine:
             talking.update(floor.talkers)
         if cur is not None and cur.name in talking:
             return
-        for name in reversed(taken):
+        for name in [*reversed(taken), *sorted(talking)]:
             port = self._ports[name].port
-            if port is not cur and self._can_clock(port):
+            if name in talking and port is not cur and self._can_clock(port):
                 self._clock_next = port
                 return
 
@@ -817,7 +819,7 @@ class Engine:
         for p in self._rows:
             p.port.retime(shift)
         self._emit("engine.clock", {"port": new.name, "prev": None if old is None else old.name},
-                   f"the engine ticks on {new.name}'s capture (it took the floor)")
+                   f"the engine ticks on {new.name}'s capture: it has the floor")
 
     @staticmethod
     def _wait_clock(clock: Any, wake: threading.Event, until: float,
@@ -871,6 +873,7 @@ class Engine:
         routes: dict[str, tuple[str, ...]] = {}
         blocked: set[str] = set()
         taken: list[str] = []
+        changed = False
         for floor in self._patches.values():
             cor = {m: self._effective_cor(self._ports[m], t) for m in floor.members}
             for ch in floor.update(t, cor, self._cor_since):
@@ -879,9 +882,10 @@ class Engine:
                     taken.append(ch.port)
                 elif ch.kind == "talkers":
                     taken.extend(ch.talkers)
+                changed = changed or ch.kind in ("floor", "talkers")
             routes.update(floor.routes())
             blocked |= floor.blocked
-        if taken and self.running and self.config.clock == "floor":
+        if changed and self.running and self.config.clock == "floor":
             self._follow_floor(taken)
         # 4 route
         Y[:] = 0.0
