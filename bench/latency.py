@@ -491,9 +491,10 @@ def run_latency(setup: LatencySetup, out: Path, *, progress: bool = True,
     # player, and which sample of each recording was captured then
     clocks: dict[str, float] = {}
     rec: dict[str, Array] = {}
+    fits: dict[str, tuple[float, float]] = {}     # each recorder's (t0, seconds per sample)
     for name in devices:
-        r0, r_slope = clock_fit(results[name]["stamps_in"])
-        clocks[f"{name}_recorder_ppm"] = round((r_slope * rate - 1.0) * 1e6, 1)
+        fits[name] = clock_fit(results[name]["stamps_in"])
+        clocks[f"{name}_recorder_ppm"] = round((fits[name][1] * rate - 1.0) * 1e6, 1)
         rec[name], _ = sf.read(str(results[name]["wav"]), dtype="float32")
     rows: list[dict[str, Any]] = []
     for player, direct, heard_by in ways[:2 if setup.both_ways else 1]:
@@ -503,10 +504,8 @@ def run_latency(setup: LatencySetup, out: Path, *, progress: bool = True,
         # the player's sample count starts at its first buffer, scenario sample `first`
         first = int(round((results[player]["stamps_out"][0][1] - t0) * rate))
         played = [p0 + (starts[k] - first) * p_slope for k in ks]
-        at: dict[str, list[int]] = {}
-        for name in (direct, heard_by):
-            r0, r_slope = clock_fit(results[name]["stamps_in"])
-            at[name] = [int(round((tp - r0) / r_slope)) for tp in played]
+        at = {name: [int(round((tp - fits[name][0]) / fits[name][1])) for tp in played]
+              for name in (direct, heard_by)}
         part = analyse(rec[direct], rec[heard_by], [starts[k] for k in ks], rate, at[direct],
                        at[heard_by])
         # where each over starts in what its listener recorded (hear.wav, talk.wav)
