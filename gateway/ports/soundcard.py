@@ -295,9 +295,9 @@ class SoundCardPort(Port):
         self._max_excess = int(0.06 * self.rate_hz)
         self.rx_setpoint = max(1, int(round(rx_setpoint_ms * self.rate_hz / 1000)))
         self.tx_setpoint = max(1, int(round(tx_setpoint_ms * self.rate_hz / 1000)))
-        # the configured cushions: a grown cushion gives back down to these
+        # the configured cushions: a grown cushion gives back down to these (a clock card
+        # holds none on receive: it never grows one, so it has nothing to give back)
         self._rx_base, self._tx_base = self.rx_setpoint, self.tx_setpoint
-        self._rx_configured = self.rx_setpoint    # (a clock card holds none, detach_clock)
         self.shrink_after_s = float(shrink_after_s)
         self.shrink_first_s = min(float(shrink_first_s), self.shrink_after_s)
         self.max_ppm = max_ppm
@@ -344,7 +344,6 @@ class SoundCardPort(Port):
         """
         self._wake = wake
         self.rx_setpoint = max(0, int(round(CLOCK_RX_SETPOINT_MS * self.rate_hz / 1000)))
-        self._rx_base = self.rx_setpoint
         if self.engine_rate:
             self._set_latency()
             if keep_ring:
@@ -365,7 +364,7 @@ class SoundCardPort(Port):
         :meth:`retime`, which the engine calls next, gives the drift loop its offset against
         the new clock. Engine thread, between ticks."""
         self._wake = None
-        self.rx_setpoint = self._rx_base = self._rx_configured
+        self.rx_setpoint = self._rx_base
         if self.engine_rate:
             self._rx_level.cushion = self.rx_setpoint
             self._dc_in.reset()     # no offset against itself: retime shifts it from zero
