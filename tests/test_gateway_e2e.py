@@ -23,6 +23,8 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +79,21 @@ def lag_of(sig: np.ndarray, seg: slice, rec: np.ndarray) -> tuple[float, float]:
     return (lag - LEAD) * 1000.0 / FS, windowed_corr(ref, rec, seg.start + lag)
 
 
+@contextmanager
+def running_gateway(site: str, name: str) -> Iterator[tuple[Gateway, list[Any]]]:
+    """The gateway of the site text ``site`` (``name`` for its errors) running, with every
+    event it publishes collected, half a second after its start; stopped at the end."""
+    gw = Gateway(parse_site_text(site, name))
+    events: list[Any] = []
+    gw.engine.events.subscribe(events.extend)
+    gw.start()
+    try:
+        time.sleep(0.5)
+        yield gw, events
+    finally:
+        gw.stop()
+
+
 class Wire:
     """A bare sounddevice wire: a duplex stream that copies input to output."""
 
@@ -118,12 +135,7 @@ def test_speech_crosses_the_gateway_through_real_sound_cards(soundcards: Any) ->
     # the bare wire is a reference figure only (its duplex stream is PortAudio's fragile path)
     figures["wire_ms"] = wire_ms if c > 0.95 else None
 
-    gw = Gateway(parse_site_text(SITE, "e2e-site.yaml"))
-    events: list[Any] = []
-    gw.engine.events.subscribe(events.extend)
-    gw.start()
-    try:
-        time.sleep(0.5)
+    with running_gateway(SITE, "e2e-site.yaml") as (gw, events):
         pause = np.zeros(FS, np.float32)           # longer than the VOX hang: three overs
         # three overs, repeated (up to three times) while the platform disturbed them: a
         # PortAudio stream of the gateway's or the harness's reported an xrun, which is a
@@ -148,8 +160,6 @@ def test_speech_crosses_the_gateway_through_real_sound_cards(soundcards: Any) ->
                             f" take {take}, platform xruns {xruns}); faults: {faults}; stats: "
                             f"{[p['stats'] for p in snap['ports'].values()]}")
         lags = [lag for lag, _ in overs]
-    finally:
-        gw.stop()
     ref = sig[seg]
     lu_lag = xcorr_delay(ref, lu1, FS)
     assert windowed_corr(ref, lu1, lu_lag) > heard, "speech did not come out of lu1"
@@ -214,12 +224,7 @@ def test_the_engine_clock_follows_the_talker(soundcards: Any) -> None:
     cards = soundcards.up("be1", "nl1")
     sig, seg = make_signal()
     head = slice(FS // 4, FS // 4 + FS // 2)          # the opening phrase
-    gw = Gateway(parse_site_text(FLOOR_SITE, "floor-site.yaml"))
-    events: list[Any] = []
-    gw.engine.events.subscribe(events.extend)
-    gw.start()
-    try:
-        time.sleep(0.5)
+    with running_gateway(FLOOR_SITE, "floor-site.yaml") as (gw, events):
         ways = [("be1", "nl1"), ("nl1", "be1"), ("be1", "nl1")]
         for take in range(1, 4):
             before = platform_xruns(gw)
@@ -235,8 +240,6 @@ def test_the_engine_clock_follows_the_talker(soundcards: Any) -> None:
             if not xruns:
                 break
         snap = gw.engine.submit(lambda e: e.snapshot()).result(timeout=2)
-    finally:
-        gw.stop()
     report = (f"take {take}, platform xruns {xruns}, overs (lag ms, corr, head corr, clock): "
               f"{[(round(a, 1), round(b, 3), round(c, 3), d) for a, b, c, d in overs]}; "
               f"stats {[p['stats'] for p in snap['ports'].values()]}")
@@ -247,7 +250,7 @@ def test_the_engine_clock_follows_the_talker(soundcards: Any) -> None:
     assert [e.data["port"] for e in events if e.topic == "engine.clock"][-2:] == \
         ["nl1", "be1"], report
     heard = 0.95 if not xruns else 0.8
-    for lag, corr, head_corr, _ in overs:
+    for _, corr, head_corr, _ in overs:
         assert corr > heard, report
         assert head_corr > heard, report          # nothing lost as the clock moved
     if not xruns:
@@ -278,12 +281,7 @@ def test_a_talker_keeps_the_clock_to_the_end_of_the_over(soundcards: Any) -> Non
     cards = soundcards.up("be1", "nl1", "lu1", "dk1")
     sig, seg = make_signal()
     body = slice(seg.start - (seg.stop - seg.start), seg.stop)   # the speech after the pause
-    gw = Gateway(parse_site_text(TWO_PATCH_SITE, "two-patch-site.yaml"))
-    events: list[Any] = []
-    gw.engine.events.subscribe(events.extend)
-    gw.start()
-    try:
-        time.sleep(0.5)
+    with running_gateway(TWO_PATCH_SITE, "two-patch-site.yaml") as (gw, events):
         for take in range(1, 4):
             before, seen = platform_xruns(gw), len(events)
             playrec(cards["nl1"].air_rx, cards["be1"].air_tx, sig, FS)
@@ -298,8 +296,6 @@ def test_a_talker_keeps_the_clock_to_the_end_of_the_over(soundcards: Any) -> Non
             xruns = platform_xruns(gw) - before
             if not xruns:
                 break
-    finally:
-        gw.stop()
     mine = events[seen:]
     moves = [(e.data["port"], e.data.get("prev")) for e in mine if e.topic == "engine.clock"]
     order = [e.topic if e.topic == "engine.clock" else f"{e.topic} {e.data.get('holder')}"
@@ -313,7 +309,7 @@ def test_a_talker_keeps_the_clock_to_the_end_of_the_over(soundcards: Any) -> Non
     assert lu1_floor < to_lu1 and "engine.clock" not in order[lu1_floor:to_lu1], report
     assert order[to_lu1 - 1] == "patch.P1.floor None", report
     heard = 0.95 if not xruns else 0.8
-    lag, corr = lag_of(sig, seg, be1)
+    _, corr = lag_of(sig, seg, be1)
     assert corr > heard, report
     # lu1's speech after its opening phrase: each 250 ms window found on its own within
     # 100 ms (the engine catches up its pre-roll in pauses, which steps the delay by tens of
